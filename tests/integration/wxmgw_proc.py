@@ -1,0 +1,96 @@
+"""A real `wxmgw serve` process on free ports, for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_range(size: int) -> tuple[int, int]:
+    """An even-aligned range of ``size`` UDP ports that are free now (best effort)."""
+    for _ in range(200):
+        lo = free_port(socket.SOCK_DGRAM) & ~1
+        if lo + size > 65000:
+            continue
+        socks = []
+        try:
+            for port in range(lo, lo + size):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("0.0.0.0", port))
+            return lo, lo + size - 1
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free UDP port range")
+
+
+class GatewayProcess:
+    """`python -m wxmgw.cli serve` with its own ports, log file and clean stop."""
+
+    def __init__(self, tmp: Path, *, transport: str = "buffered", rtp_ports: int = 40,
+                 extra: list[str] | None = None) -> None:
+        self.thrift_port = free_port()
+        self.status_port = free_port()
+        self.rtp_lo, self.rtp_hi = free_port_range(rtp_ports)
+        self.log_path = tmp / f"wxmgw-{self.thrift_port}.log"
+        self.transport = transport
+        args = [
+            sys.executable, "-m", "wxmgw.cli", "serve",
+            "--thrift-host", "127.0.0.1", "--thrift-port", str(self.thrift_port),
+            "--status-port", str(self.status_port), "--transport", transport,
+            "--rtp-ports", f"{self.rtp_lo}-{self.rtp_hi}", "--media-ip", "127.0.0.1",
+            "--log-file", str(self.log_path), "--log-format", "json", *(extra or []),
+        ]
+        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.state()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"wxmgw did not start; log:\n{self.log()}") from None
+                time.sleep(0.05)
+
+    def state(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.status_port}/monitor/state"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            body: dict[str, Any] = json.load(r)
+            return body
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = (json.loads(line) for line in self.log().splitlines() if line.startswith("{"))
+        return [e for e in lines if e.get("event") == name]
+
+    def stop(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)

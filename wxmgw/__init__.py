@@ -1,0 +1,3 @@
+"""wxmgw: the WeChat mini-program conference media gateway (RTMP <-> RTP)."""
+
+__version__ = "0.1.0"

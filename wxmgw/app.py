@@ -1,0 +1,68 @@
+"""The gateway assembled: registry, Thrift service, status server, stats, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+from prometheus_client import Gauge
+
+from wxmgw.conference import Registry
+from wxmgw.config import Config
+from wxmgw.legs.base import LegContext
+from wxmgw.logs import event
+from wxmgw.ports import PortAllocator, parse_port_range
+from wxmgw.server import StatusServer, ThriftServer
+from wxmgw.service import Metrics, WxMgwHandler
+
+logger = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        lo, hi = parse_port_range(config.rtp_ports)
+        self.ports = PortAllocator(lo, hi, config.media_ip)
+        self.registry = Registry(LegContext(self.ports, config.media_ip, config.stats_interval))
+        self.metrics = Metrics()
+        Gauge("wxmgw_legs", "Legs running", registry=self.metrics.registry).set_function(
+            lambda: len(self.registry.legs())
+        )
+        Gauge("wxmgw_rtp_ports_in_use", "RTP/RTCP port pairs bound",
+              registry=self.metrics.registry).set_function(lambda: len(self.ports.in_use))
+        self.thrift = ThriftServer(
+            WxMgwHandler(self.registry, self.metrics), config.thrift_host, config.thrift_port,
+            config.transport,
+        )
+        self.status = StatusServer(
+            config.thrift_host, config.status_port, self.registry.snapshot, self.metrics.registry
+        )
+        self._stats: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self.thrift.start()
+        try:
+            self.status.start()
+        except BaseException:
+            self.thrift.stop()
+            raise
+        self._stats = gevent.spawn(self._log_stats)
+        event(logger, "gateway_started", thriftPort=self.thrift.port, statusPort=self.status.port,
+              transport=self.config.transport, rtpPorts=self.config.rtp_ports,
+              mediaIp=self.config.media_ip)
+
+    def stop(self) -> None:
+        """Stop accepting, stop every leg, release every port."""
+        event(logger, "gateway_stopping", legs=len(self.registry.legs()))
+        self.thrift.stop(timeout=1.0)
+        if self._stats is not None:
+            self._stats.kill()
+        self.registry.stop_all()
+        self.status.stop(timeout=0.5)
+        event(logger, "gateway_stopped", portsInUse=len(self.ports.in_use))
+
+    def _log_stats(self) -> None:
+        while True:
+            gevent.sleep(self.config.stats_interval)
+            for leg in self.registry.legs():
+                leg.log("leg_stats", **leg.stats())

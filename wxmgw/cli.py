@@ -1,0 +1,60 @@
+"""`wxmgw serve`: flags, config, logging, run until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402 (monkey-patching comes first)
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.event import Event  # noqa: E402
+
+from wxmgw import config as cfg  # noqa: E402
+from wxmgw.app import Gateway  # noqa: E402
+from wxmgw.errors import WxmgwError  # noqa: E402
+from wxmgw.logs import event, setup_logging  # noqa: E402
+
+logger = logging.getLogger("wxmgw")
+
+
+def serve(config: cfg.Config) -> int:
+    setup_logging(config.log_format, config.log_file)
+    gateway = Gateway(config)
+    try:
+        gateway.start()
+    except OSError as exc:
+        event(logger, "start_failed", logging.ERROR, reason=str(exc))
+        gateway.registry.stop_all()
+        return 1
+    stop = Event()
+
+    def on_signal(signum: int) -> None:
+        event(logger, "signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, on_signal, signum)
+    stop.wait()
+    gateway.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wxmgw", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cfg.add_arguments(sub.add_parser("serve", help="run the gateway"))
+    args = parser.parse_args(argv)
+    try:
+        config = cfg.load(args)
+    except WxmgwError as exc:
+        parser.error(str(exc))
+    return serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

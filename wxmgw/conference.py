@@ -1,0 +1,187 @@
+"""Conference rooms and the Rtmp2rtp / Rtp2rtmp maps (MISSION.md §3).
+
+The registry is the only place that creates and stops legs. Every operation
+runs under one lock: a leg is either fully started and registered, or
+stopped with everything it had allocated released.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from gevent.lock import RLock
+
+from wxmgw import requests as rq
+from wxmgw.errors import Conflict, NoLocalSource, UnknownLeg
+from wxmgw.legs.base import Leg, LegContext
+from wxmgw.legs.rtmp2rtp import Rtmp2rtp
+from wxmgw.legs.rtp2rtmp import Rtp2rtmp
+from wxmgw.logs import event
+
+logger = logging.getLogger(__name__)
+
+L = TypeVar("L", bound=Leg)
+
+
+@dataclass(slots=True)
+class Room:
+    """One conference: its mini-programs (Rtmp2rtp) and the members shown to them (Rtp2rtmp)."""
+
+    conf_id: str
+    members: set[str] = field(default_factory=set)
+    pushes: set[str] = field(default_factory=set)
+
+    @property
+    def empty(self) -> bool:
+        return not self.members and not self.pushes
+
+
+class Registry:
+    def __init__(self, ctx: LegContext) -> None:
+        self.ctx = ctx
+        self.rtmp2rtp: dict[str, Rtmp2rtp] = {}
+        self.rtp2rtmp: dict[str, Rtp2rtmp] = {}
+        self.rooms: dict[str, Room] = {}
+        self._lock = RLock()
+
+    # -- StartPull / StopPull -------------------------------------------------
+
+    def start_pull(self, params: rq.StartPull) -> None:
+        with self._lock:
+            running = self.rtmp2rtp.get(params.uuid)
+            if running is not None:
+                if running.params == params:
+                    return
+                raise Conflict(f"uuid {params.uuid} already pulls with other parameters")
+            leg = self._start(Rtmp2rtp(params, self.ctx))
+            self.rtmp2rtp[leg.uuid] = leg
+            self._room(leg.conf_id).members.add(leg.uuid)
+
+    def stop_pull(self, ref: rq.LegRef) -> None:
+        with self._lock:
+            leg = self._find(self.rtmp2rtp, ref, "Rtmp2rtp")
+            del self.rtmp2rtp[leg.uuid]
+            self._leave(leg.conf_id, members=leg.uuid)
+            leg.stop()
+            self._forget_sync(leg.uuid)
+
+    # -- StartPush / StopPush -------------------------------------------------
+
+    def start_push(self, params: rq.StartPush) -> tuple[int, int]:
+        with self._lock:
+            running = self.rtp2rtmp.get(params.uuid)
+            if running is not None:
+                if _push_key(running.params) != _push_key(params):
+                    raise Conflict(f"uuid {params.uuid} is already pushed with other parameters")
+                running.requesters.add(params.req_uuid)
+                running.log("push_shared", reqUuid=params.req_uuid)
+                return running.rtp_ports
+            if params.weixin:
+                source = self.rtmp2rtp.get(params.uuid)
+                if source is None or source.conf_id != params.conf_id:
+                    raise NoLocalSource(
+                        f"mini-program {params.uuid} has no Rtmp2rtp in conference {params.conf_id}"
+                    )
+            leg = Rtp2rtmp(params, self.ctx)
+            leg.requesters.add(params.req_uuid)
+            self._start(leg)
+            self.rtp2rtmp[leg.uuid] = leg
+            self._room(leg.conf_id).pushes.add(leg.uuid)
+            return leg.rtp_ports
+
+    def stop_push(self, ref: rq.LegRef) -> None:
+        with self._lock:
+            leg = self._find(self.rtp2rtmp, ref, "Rtp2rtmp")
+            del self.rtp2rtmp[leg.uuid]
+            self._leave(leg.conf_id, pushes=leg.uuid)
+            leg.stop()
+            self._forget_sync(leg.uuid)
+
+    # -- AvSync -----------------------------------------------------------------
+
+    def av_sync(self, params: rq.AvSync) -> None:
+        with self._lock:
+            leg = self._find(self.rtmp2rtp, rq.LegRef(params.uuid, params.conf_id), "Rtmp2rtp")
+            sync = params.sync_uuid
+            if sync and sync not in self.rtp2rtmp and sync not in self.rtmp2rtp:
+                raise UnknownLeg(f"syncUuid {sync} has no leg on this gateway")
+            leg.sync_uuid = params.sync_uuid
+            leg.log("av_sync", syncUuid=params.sync_uuid)
+
+    # -- whole gateway ----------------------------------------------------------
+
+    def stop_all(self) -> None:
+        with self._lock:
+            legs: list[Leg] = [*self.rtp2rtmp.values(), *self.rtmp2rtp.values()]
+            self.rtp2rtmp.clear()
+            self.rtmp2rtp.clear()
+            self.rooms.clear()
+            for leg in legs:
+                leg.stop()
+
+    def legs(self) -> list[Leg]:
+        return [*self.rtmp2rtp.values(), *self.rtp2rtmp.values()]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "legs": [leg.snapshot() for leg in self.legs()],
+            "rooms": [
+                {"confId": r.conf_id, "members": sorted(r.members), "pushes": sorted(r.pushes)}
+                for r in self.rooms.values()
+            ],
+            "ports": {"inUse": self.ctx.ports.in_use, "capacity": self.ctx.ports.capacity},
+            "load": {"legs": len(self.rtmp2rtp) + len(self.rtp2rtmp)},
+        }
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _start(self, leg: L) -> L:
+        try:
+            leg.start()
+        except BaseException:
+            leg.stop()
+            raise
+        return leg
+
+    def _find(self, legs: dict[str, L], ref: rq.LegRef, what: str) -> L:
+        leg = legs.get(ref.uuid)
+        if leg is None:
+            raise UnknownLeg(f"no {what} for uuid {ref.uuid}")
+        if leg.conf_id != ref.conf_id:
+            raise Conflict(
+                f"{what} {ref.uuid} belongs to conference {leg.conf_id}, not {ref.conf_id}"
+            )
+        return leg
+
+    def _forget_sync(self, uuid: str) -> None:
+        """A stopped member's video can no longer be synced into anybody's mix stream."""
+        if uuid in self.rtmp2rtp or uuid in self.rtp2rtmp:
+            return
+        for leg in self.rtmp2rtp.values():
+            if leg.sync_uuid == uuid:
+                leg.sync_uuid = ""
+                leg.log("av_sync", syncUuid="", reason=f"{uuid} stopped")
+
+    def _room(self, conf_id: str) -> Room:
+        room = self.rooms.get(conf_id)
+        if room is None:
+            room = self.rooms[conf_id] = Room(conf_id)
+            event(logger, "room_opened", confId=conf_id)
+        return room
+
+    def _leave(self, conf_id: str, *, members: str = "", pushes: str = "") -> None:
+        room = self.rooms.get(conf_id)
+        if room is None:
+            return
+        room.members.discard(members)
+        room.pushes.discard(pushes)
+        if room.empty:
+            del self.rooms[conf_id]
+            event(logger, "room_closed", confId=conf_id)
+
+
+def _push_key(p: rq.StartPush) -> tuple[Any, ...]:
+    """What must match for a second StartPush to share the running push (not reqUuid)."""
+    return (p.conf_id, p.push_url, p.audio, p.video, p.weixin)

@@ -1,0 +1,71 @@
+"""`wxmgw serve` settings: defaults, an optional TOML file, then flags."""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from wxmgw.errors import InvalidArgument
+from wxmgw.ports import parse_port_range
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    thrift_host: str = "0.0.0.0"
+    thrift_port: int = 9090
+    transport: str = "buffered"
+    rtp_ports: str = "30000-39999"
+    media_ip: str = "0.0.0.0"
+    status_port: int = 9091
+    log_file: str | None = None
+    log_format: str = "json"
+    stats_interval: float = 10.0
+
+    def check(self) -> Config:
+        if self.transport not in ("buffered", "framed"):
+            raise InvalidArgument(f"transport must be buffered or framed, not {self.transport!r}")
+        if self.log_format not in ("json", "text"):
+            raise InvalidArgument(f"log-format must be json or text, not {self.log_format!r}")
+        for name in ("thrift_port", "status_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise InvalidArgument(f"{name} must be 0-65535")
+        if self.stats_interval <= 0:
+            raise InvalidArgument("stats-interval must be positive")
+        parse_port_range(self.rtp_ports)
+        return self
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `wxmgw serve`; each defaults to None so the TOML file can fill it."""
+    parser.add_argument("--config", help="TOML file with the settings below (keys with _ or -)")
+    parser.add_argument("--thrift-host", help="Thrift listen address (0.0.0.0)")
+    parser.add_argument("--thrift-port", type=int, help="Thrift port (9090)")
+    parser.add_argument("--transport", choices=("buffered", "framed"),
+                        help="Thrift transport (buffered)")
+    parser.add_argument("--rtp-ports", help="RTP port range LO-HI (30000-39999)")
+    parser.add_argument("--media-ip", help="address RTP is received on and sent from (0.0.0.0)")
+    parser.add_argument("--status-port", type=int, help="/monitor/state and /metrics port (9091)")
+    parser.add_argument("--log-file", help="log file (stderr)")
+    parser.add_argument("--log-format", choices=("json", "text"), help="log format (json)")
+    parser.add_argument("--stats-interval", type=float,
+                        help="seconds between per-leg stats lines (10)")
+
+
+def load(args: argparse.Namespace) -> Config:
+    config = Config()
+    names = {f.name for f in fields(Config)}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                data: dict[str, Any] = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidArgument(f"config {args.config}: {exc}") from None
+        table = {k.replace("-", "_"): v for k, v in data.get("wxmgw", data).items()}
+        unknown = set(table) - names
+        if unknown:
+            raise InvalidArgument(f"config {args.config}: unknown keys {sorted(unknown)}")
+        config = replace(config, **table)
+    flags = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return replace(config, **flags).check()

@@ -1,0 +1,1 @@
+"""Media processing: frames, RTMP I/O through PyAV, transcoding, the audio mixer."""

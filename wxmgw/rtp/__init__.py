@@ -1,0 +1,1 @@
+"""RTP wire code (pure: bytes <-> objects) and RTP sessions (sockets)."""
