@@ -1,0 +1,330 @@
+"""Audio codecs, checked against an independent decoder and encoder: the ffmpeg CLI.
+
+Our payloads are written in a form the ffmpeg CLI (Debian's build, not the
+FFmpeg that PyAV bundles) reads and decoded by it; files it makes are decoded
+by ``AudioDecoder``. Either way the tone's frequency must come back.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from wxmgw.errors import InvalidArgument, MediaError
+from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, Pcm
+from wxmgw.media.transcode import (
+    AUDIO_CODECS,
+    AudioDecoder,
+    AudioEncoder,
+    CodecInfo,
+    PcmFramer,
+    audio_codec,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
+
+RTP_CODECS = ["PCMA", "PCMU", "G722", "OPUS"]
+SECOND_FRAMES = AUDIO_RATE // AUDIO_FRAME_SAMPLES
+
+
+def sine(hz: float, seconds: float = 1.0) -> Pcm:
+    t = np.arange(int(AUDIO_RATE * seconds)) / AUDIO_RATE
+    return (np.sin(2 * np.pi * hz * t) * 12000).astype(np.int16)
+
+
+def dominant_hz(pcm: Pcm, rate: int = AUDIO_RATE) -> float:
+    """The strongest frequency, edges (codec delay, priming) left out."""
+    x = pcm.astype(np.float64)[len(pcm) // 10 : len(pcm) - len(pcm) // 10]
+    assert np.sqrt(np.mean(x**2)) > 1000, "no tone, only silence"
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum[1:]) + 1) * rate / len(x)
+
+
+def ffmpeg(*args: str, stdin: bytes = b"") -> bytes:
+    done = subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout
+
+
+def sine_input(hz: int, rate: int = AUDIO_RATE) -> list[str]:
+    """A one-second tone from ffmpeg's lavfi source."""
+    return ["-f", "lavfi", "-i", f"sine=frequency={hz}:sample_rate={rate}", "-t", "1"]
+
+
+def ffmpeg_to_pcm(*input_args: str, stdin: bytes = b"") -> Pcm:
+    raw = ffmpeg(*input_args, "-f", "s16le", "-ac", "1", "-ar", str(AUDIO_RATE), "-", stdin=stdin)
+    return np.frombuffer(raw, np.int16)
+
+
+def encode_all(codec: str, pcm: Pcm) -> tuple[AudioEncoder, list[bytes]]:
+    encoder = AudioEncoder(codec)
+    payloads: list[bytes] = []
+    for i in range(0, len(pcm), AUDIO_FRAME_SAMPLES):
+        payloads += encoder.encode(pcm[i : i + AUDIO_FRAME_SAMPLES])
+    return encoder, payloads
+
+
+def write_ogg(path: Path, payloads: list[bytes]) -> None:
+    """Mux Opus packets into Ogg with PyAV's muxer: ffmpeg does not read bare Opus."""
+    with av.open(str(path), "w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=48000, layout="mono")
+        for i, payload in enumerate(payloads):
+            packet = av.Packet(payload)
+            packet.stream = stream
+            packet.pts = packet.dts = i * 960
+            packet.duration = 960
+            packet.time_base = Fraction(1, 48000)
+            out.mux(packet)
+
+
+def adts(frame: bytes, asc: bytes) -> bytes:
+    """ADTS-frame raw AAC with the object type, rate and channels of ``asc``.
+
+    ISO 14496-3 §1.6.2.1 (AudioSpecificConfig) and §1.A.2.2 (adts_fixed_header).
+    """
+    object_type, rate_index = asc[0] >> 3, ((asc[0] & 7) << 1) | (asc[1] >> 7)
+    channels = (asc[1] >> 3) & 0xF
+    n = len(frame) + 7
+    header = bytes(
+        [
+            0xFF,
+            0xF1,
+            ((object_type - 1) << 6) | (rate_index << 2) | (channels >> 2),
+            ((channels & 3) << 6) | (n >> 11),
+            (n >> 3) & 0xFF,
+            ((n & 7) << 5) | 0x1F,
+            0xFC,
+        ]
+    )
+    return header + frame
+
+
+def decode_all(decoder: AudioDecoder, payloads: list[bytes]) -> Pcm:
+    return np.concatenate([decoder.decode(p) for p in payloads])
+
+
+# --- codec table -------------------------------------------------------------
+
+
+def test_codec_table_follows_rfc_3551_and_7587() -> None:
+    assert AUDIO_CODECS["PCMA"] == CodecInfo("PCMA", "pcm_alaw", 8000, 8000, 160)
+    assert AUDIO_CODECS["PCMU"] == CodecInfo("PCMU", "pcm_mulaw", 8000, 8000, 160)
+    assert AUDIO_CODECS["G722"] == CodecInfo("G722", "g722", 8000, 16000, 160)
+    assert AUDIO_CODECS["OPUS"] == CodecInfo("OPUS", "libopus", 48000, 48000, 960)
+    assert AUDIO_CODECS["G722"].frame_samples == 320
+
+
+def test_audio_codec_is_case_insensitive() -> None:
+    assert audio_codec("pcma") is AUDIO_CODECS["PCMA"]
+    assert audio_codec("opus") is AUDIO_CODECS["OPUS"]
+    assert audio_codec("g722") is AUDIO_CODECS["G722"]
+
+
+@pytest.mark.parametrize("name", ["speex", "", "AAC", "G729"])
+def test_unknown_codec_is_invalid_argument(name: str) -> None:
+    with pytest.raises(InvalidArgument):
+        audio_codec(name)
+    if name != "AAC":
+        with pytest.raises(InvalidArgument):
+            AudioEncoder(name)
+        with pytest.raises(InvalidArgument):
+            AudioDecoder(name)
+
+
+# --- encoder: our payloads, ffmpeg's decoder --------------------------------
+
+
+@pytest.mark.parametrize("codec", [*RTP_CODECS, "aac"])
+def test_encoder_packet_sizes(codec: str) -> None:
+    encoder, payloads = encode_all(codec, sine(1000, 0.2))
+    if codec == "aac":
+        assert encoder.frame_samples == 1024
+        assert encoder.extradata[:2] == b"\x11\x88"  # AAC-LC, 48 kHz, mono
+        assert 1 <= len(payloads) <= 9600 // 1024
+        return
+    assert encoder.frame_samples == AUDIO_FRAME_SAMPLES
+    assert encoder.extradata == b""
+    assert len(payloads) == 10
+    if codec != "OPUS":
+        assert [len(p) for p in payloads] == [160] * 10
+
+
+@pytest.mark.parametrize("codec", RTP_CODECS)
+def test_each_20ms_makes_one_packet_from_the_first(codec: str) -> None:
+    encoder = AudioEncoder(codec)
+    pcm = sine(440, 0.1)
+    counts = [len(encoder.encode(pcm[i : i + 960])) for i in range(0, len(pcm), 960)]
+    assert counts == [1] * 5
+
+
+def test_encoder_buffers_odd_lengths() -> None:
+    encoder = AudioEncoder("PCMA")
+    pcm = sine(1000, 0.5)
+    payloads: list[bytes] = []
+    for piece in np.array_split(pcm, 37):
+        payloads += encoder.encode(piece)
+    assert encoder.encode(pcm[:0]) == []
+    assert len(payloads) == len(pcm) // 960
+    assert all(len(p) == 160 for p in payloads)
+
+
+RAW_INPUT = {
+    "PCMA": ["-f", "alaw", "-ar", "8000", "-ac", "1"],
+    "PCMU": ["-f", "mulaw", "-ar", "8000", "-ac", "1"],
+    "G722": ["-f", "g722"],
+}
+
+
+@pytest.mark.parametrize("hz", [1000, 440])
+@pytest.mark.parametrize("codec", [*RTP_CODECS, "AAC"])
+def test_ffmpeg_decodes_our_tone(codec: str, hz: int, tmp_path: Path) -> None:
+    encoder, payloads = encode_all(codec, sine(hz))
+    if codec in RAW_INPUT:
+        pcm = ffmpeg_to_pcm(*RAW_INPUT[codec], "-i", "-", stdin=b"".join(payloads))
+    elif codec == "OPUS":
+        write_ogg(tmp_path / "tone.ogg", payloads)
+        pcm = ffmpeg_to_pcm("-i", str(tmp_path / "tone.ogg"))
+    else:
+        stream = b"".join(adts(p, encoder.extradata) for p in payloads)
+        pcm = ffmpeg_to_pcm("-f", "aac", "-i", "-", stdin=stream)
+    assert len(pcm) == pytest.approx(AUDIO_RATE, rel=0.05)
+    assert dominant_hz(pcm) == pytest.approx(hz, rel=0.02)
+
+
+# --- decoder: ffmpeg's payloads, our decoder --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("codec", "args"),
+    [
+        ("PCMA", ["-ar", "8000", "-c:a", "pcm_alaw", "-f", "alaw"]),
+        ("PCMU", ["-ar", "8000", "-c:a", "pcm_mulaw", "-f", "mulaw"]),
+        ("G722", ["-ar", "16000", "-c:a", "g722", "-f", "g722"]),
+    ],
+)
+def test_we_decode_ffmpeg_raw_tone(codec: str, args: list[str]) -> None:
+    raw = ffmpeg(*sine_input(700), "-ac", "1", *args, "-")
+    payloads = [raw[i : i + 160] for i in range(0, len(raw), 160)]
+    pcm = decode_all(AudioDecoder(codec), payloads)
+    assert len(pcm) == pytest.approx(AUDIO_RATE, rel=0.02)
+    assert dominant_hz(pcm) == pytest.approx(700, rel=0.02)
+
+
+def demux(path: Path) -> tuple[bytes, list[bytes]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        extradata = bytes(stream.codec_context.extradata or b"")
+        return extradata, [bytes(p) for p in container.demux(stream) if p.size]
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_we_decode_ffmpeg_opus(channels: int, tmp_path: Path) -> None:
+    path = tmp_path / "tone.ogg"
+    ffmpeg(*sine_input(700), "-ac", str(channels), "-c:a", "libopus", str(path))
+    _, payloads = demux(path)
+    pcm = decode_all(AudioDecoder("opus", channels=channels), payloads)
+    assert len(pcm) == pytest.approx(AUDIO_RATE, rel=0.05)
+    assert dominant_hz(pcm) == pytest.approx(700, rel=0.02)
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(44100, 2), (48000, 1)])
+def test_we_decode_ffmpeg_flv_aac(rate: int, channels: int, tmp_path: Path) -> None:
+    """What a mini-program's live-pusher sends: AAC-LC 44.1 or 48 kHz, mono or stereo."""
+    path = tmp_path / "tone.flv"
+    ffmpeg(*sine_input(700, rate), "-ac", str(channels), "-c:a", "aac", str(path))
+    extradata, payloads = demux(path)
+    pcm = decode_all(AudioDecoder("AAC", extradata=extradata), payloads)
+    assert len(pcm) == pytest.approx(AUDIO_RATE, rel=0.05)
+    assert dominant_hz(pcm) == pytest.approx(700, rel=0.02)
+
+
+# --- corrupt input ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", [*RTP_CODECS, "AAC"])
+def test_random_payloads_raise_only_media_error(codec: str) -> None:
+    encoder, payloads = encode_all(codec, sine(1000, 0.2))
+    decoder = AudioDecoder(codec, extradata=encoder.extradata)
+    rng = random.Random(7)
+    failures = 0
+    for _ in range(300):
+        payload = rng.randbytes(rng.randrange(1, 300))
+        try:
+            decoder.decode(payload)
+        except MediaError:
+            failures += 1
+    if codec in ("OPUS", "AAC"):
+        assert failures > 0
+    assert len(decoder.decode(payloads[-1])) > 0  # still usable
+
+
+def test_truncated_aac_raises_media_error() -> None:
+    encoder, payloads = encode_all("AAC", sine(1000, 0.2))
+    decoder = AudioDecoder("AAC", extradata=encoder.extradata)
+    with pytest.raises(MediaError):
+        decoder.decode(b"\x21\x00" * 20)
+    assert len(decoder.decode(payloads[0])) == 1024
+
+
+def test_bad_aac_config_raises_media_error() -> None:
+    with pytest.raises(MediaError):
+        AudioDecoder("AAC", extradata=b"\xff\xff")
+
+
+def test_empty_payload_decodes_to_nothing() -> None:
+    decoder = AudioDecoder("PCMU")
+    assert len(decoder.decode(b"")) == 0
+    assert len(decoder.decode(b"\xff" * 160)) > 0
+
+
+# --- threads ------------------------------------------------------------------
+
+
+def test_instances_in_threads_match_one_thread() -> None:
+    pcm = sine(440, 0.5)
+
+    def round_trip(codec: str) -> bytes:
+        _, payloads = encode_all(codec, pcm)
+        return b"".join(payloads) + decode_all(AudioDecoder(codec), payloads).tobytes()
+
+    codecs = RTP_CODECS * 2
+    alone = [round_trip(c) for c in codecs]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(round_trip, codecs)) == alone
+
+
+# --- framer -------------------------------------------------------------------
+
+
+def test_framer_cuts_exact_frames_in_order() -> None:
+    framer = PcmFramer()
+    pcm = np.arange(5000, dtype=np.int16)
+    frames: list[Pcm] = []
+    for piece in np.array_split(pcm, 7):
+        frames += framer.push(piece)
+    assert [len(f) for f in frames] == [960] * 5
+    assert np.array_equal(np.concatenate(frames), pcm[:4800])
+    rest = framer.push(np.zeros(760, np.int16))
+    assert len(rest) == 1 and np.array_equal(rest[0][:200], pcm[4800:])
+
+
+def test_framer_does_not_alias_input() -> None:
+    framer = PcmFramer()
+    pcm = np.ones(1000, np.int16)
+    frame = framer.push(pcm)[0]
+    pcm[:] = 0
+    assert frame.sum() == 960
+    assert framer.push(np.zeros(0, np.int16)) == []
