@@ -39,11 +39,12 @@ def tpy_client(gw):
 def apache(tmp_path_factory):
     """The MCS's own stack: Apache Thrift's compiler output and runtime."""
     out = tmp_path_factory.mktemp("gen")
-    subprocess.run(["thrift", "--gen", "py", "-out", str(out), str(IDL)], check=True)
+    idl = out / "mcs.thrift"  # its own Python package name, clear of thriftpy2's modules
+    idl.write_text(IDL.read_text().replace("namespace py wxmgw_thrift", "namespace py mcs_gen"))
+    subprocess.run(["thrift", "--gen", "py", "-out", str(out), str(idl)], check=True)
     sys.path.insert(0, str(out))
     try:
-        yield importlib.import_module("wxmgw_thrift.WxMgw"), importlib.import_module(
-            "wxmgw_thrift.ttypes")
+        yield importlib.import_module("mcs_gen.WxMgw"), importlib.import_module("mcs_gen.ttypes")
     finally:
         sys.path.remove(str(out))
 
