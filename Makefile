@@ -6,6 +6,7 @@ DEBS := nginx libnginx-mod-rtmp ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-b
         gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
         gstreamer1.0-libav thrift-compiler
 STAMP := $(VENV)/.installed
+SRC := $(wildcard wxmgw callroute tests bench)
 
 .PHONY: setup debs run test lint unit integration bench demo clean
 
@@ -32,8 +33,8 @@ run: setup
 	$(PY) -m wxmgw.run
 
 lint: setup
-	$(PY) -m ruff check wxmgw callroute tests bench
-	$(PY) -m mypy wxmgw callroute tests bench
+	$(PY) -m ruff check $(SRC)
+	$(PY) -m mypy $(SRC)
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -45,7 +46,7 @@ test: lint
 	$(PY) -m pytest -q -ra tests
 
 bench: setup
-	$(PY) -m bench
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .run bench/out
