@@ -1,0 +1,484 @@
+"""H.264 NAL units, the AVC decoder configuration record, and RTP payloads (RFC 6184).
+
+Written by hand because the gateway needs it at the packet level, per stream,
+without a decoder: FFmpeg's RTP muxer/demuxer want to own the socket and the
+session (and the muxer never repeats SPS/PPS before IDRs), while the gateway
+owns its sockets, jitter buffer and RTCP.
+
+NAL units travel everywhere in the gateway as ``bytes`` without start codes
+or length prefixes (as in :class:`wxmgw.media.frames.VideoFrame`).
+
+- :func:`split_annexb`, :func:`to_annexb`: the byte stream of H.264 Annex B.
+- :func:`split_avcc`, :func:`to_avcc`: length-prefixed NAL units (FLV, MP4).
+- :class:`AvcConfig`: AVCDecoderConfigurationRecord (ISO/IEC 14496-15 §5.2.4.1),
+  the FLV video sequence header.
+- :class:`H264Packetizer`: access unit -> RTP payloads, packetization-mode 1.
+- :class:`H264Depacketizer`: RTP payloads -> access units.
+
+Pure wire code: no sockets, no logging; malformed packets are counted in
+:class:`DepacketizerStats`, and only the explicit parsers raise :class:`ParseError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from wxmgw.errors import ParseError
+
+# NAL unit types (H.264 Table 7-1, RFC 6184 Table 1).
+NAL_SLICE = 1
+NAL_IDR = 5
+NAL_SEI = 6
+NAL_SPS = 7
+NAL_PPS = 8
+NAL_AUD = 9
+NAL_FILLER = 12
+NAL_STAP_A = 24
+NAL_STAP_B = 25
+NAL_MTAP16 = 26
+NAL_MTAP24 = 27
+NAL_FU_A = 28
+NAL_FU_B = 29
+
+_START_CODE = b"\x00\x00\x01"
+_FU_START = 0x80
+_FU_END = 0x40
+
+
+def nal_type(nalu: bytes) -> int:
+    """``nal_unit_type`` of a NAL unit (the low 5 bits of its header byte)."""
+    if not nalu:
+        raise ParseError("empty NAL unit")
+    return nalu[0] & 0x1F
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    """NAL units of an Annex B byte stream (3- or 4-byte start codes).
+
+    Bytes before the first start code are discarded, as are the zero bytes
+    that precede a start code (H.264 §B.2: a NAL unit never ends with 0x00).
+    """
+    nalus: list[bytes] = []
+    start = data.find(_START_CODE)
+    while start >= 0:
+        start += 3
+        end = data.find(_START_CODE, start)
+        nalu = data[start : end if end >= 0 else len(data)].rstrip(b"\x00")
+        if nalu:
+            nalus.append(nalu)
+        start = end
+    return nalus
+
+
+def to_annexb(nalus: Iterable[bytes]) -> bytes:
+    """An Annex B byte stream with a 4-byte start code before each NAL unit."""
+    return b"".join(b"\x00\x00\x00\x01" + n for n in nalus)
+
+
+def split_avcc(data: bytes, length_size: int = 4) -> list[bytes]:
+    """NAL units of a length-prefixed buffer (FLV/MP4 sample, ISO/IEC 14496-15 §5.3.4.2).
+
+    Raises :class:`ParseError` if a length runs past the end of ``data``.
+    """
+    nalus: list[bytes] = []
+    pos, total = 0, len(data)
+    while pos < total:
+        body = pos + length_size
+        if body > total:
+            raise ParseError(f"truncated NAL length at offset {pos}")
+        end = body + int.from_bytes(data[pos:body], "big")
+        if end > total:
+            raise ParseError(f"NAL unit at offset {pos} runs past the end ({end} > {total})")
+        if end > body:
+            nalus.append(data[body:end])
+        pos = end
+    return nalus
+
+
+def to_avcc(nalus: Iterable[bytes], length_size: int = 4) -> bytes:
+    """Length-prefixed NAL units; ``OverflowError`` if one is too long for ``length_size``."""
+    return b"".join(len(n).to_bytes(length_size, "big") + n for n in nalus)
+
+
+@dataclass(slots=True)
+class AvcConfig:
+    """AVCDecoderConfigurationRecord (ISO/IEC 14496-15 §5.2.4.1): the FLV sequence header.
+
+    ``ext`` keeps the bytes after the PPS list verbatim (the chroma/bit-depth
+    extension of High profiles), so ``bytes(AvcConfig.parse(x)) == x`` for any
+    record whose reserved bits are set as the standard requires.
+    """
+
+    profile: int
+    compat: int
+    level: int
+    length_size: int
+    sps: list[bytes]
+    pps: list[bytes]
+    ext: bytes = b""
+
+    @classmethod
+    def parse(cls, data: bytes) -> AvcConfig:
+        if len(data) < 7:
+            raise ParseError(f"AVC decoder configuration record too short ({len(data)} bytes)")
+        if data[0] != 1:
+            raise ParseError(f"unknown configurationVersion {data[0]}")
+        length_size = (data[4] & 0x03) + 1
+        if length_size == 3:
+            raise ParseError("lengthSizeMinusOne = 2 is not allowed")
+        pos = 5
+        lists: list[list[bytes]] = []
+        for count_mask in (0x1F, 0xFF):  # numOfSequenceParameterSets, numOfPictureParameterSets
+            if pos >= len(data):
+                raise ParseError("truncated AVC decoder configuration record")
+            count = data[pos] & count_mask
+            pos += 1
+            sets: list[bytes] = []
+            for _ in range(count):
+                end = pos + 2 + int.from_bytes(data[pos : pos + 2], "big")
+                if pos + 2 > len(data) or end > len(data):
+                    raise ParseError("truncated parameter set in AVC decoder configuration record")
+                sets.append(bytes(data[pos + 2 : end]))
+                pos = end
+            lists.append(sets)
+        return cls(data[1], data[2], data[3], length_size, lists[0], lists[1], bytes(data[pos:]))
+
+    @classmethod
+    def from_parameter_sets(cls, sps: bytes, pps: bytes, length_size: int = 4) -> AvcConfig:
+        """A record for one SPS and one PPS received in-band (profile/level read from the SPS)."""
+        if len(sps) < 4 or nal_type(sps) != NAL_SPS:
+            raise ParseError("not a sequence parameter set")
+        if not pps or nal_type(pps) != NAL_PPS:
+            raise ParseError("not a picture parameter set")
+        return cls(sps[1], sps[2], sps[3], length_size, [sps], [pps])
+
+    def __bytes__(self) -> bytes:
+        out = bytearray((1, self.profile, self.compat, self.level, 0xFC | (self.length_size - 1)))
+        out.append(0xE0 | len(self.sps))
+        for s in self.sps:
+            out += len(s).to_bytes(2, "big") + s
+        out.append(len(self.pps))
+        for p in self.pps:
+            out += len(p).to_bytes(2, "big") + p
+        return bytes(out + self.ext)
+
+
+class H264Packetizer:
+    """One access unit -> the RTP payloads that carry it (RFC 6184 packetization-mode 1).
+
+    A NAL unit that fits in ``max_payload`` bytes goes in a single NAL unit
+    packet (§5.6); a larger one is cut into FU-A fragments (§5.8) of nearly
+    equal size. STAP-A is never produced (it is optional for a sender).
+
+    SPS and PPS are sent in-band before every IDR: FLV carries them only in its
+    sequence header, and a receiver without ``sprop-parameter-sets`` in SDP
+    must still be able to start decoding at any keyframe. The packetizer keeps
+    the latest SPS/PPS it was given or saw in an access unit.
+    """
+
+    __slots__ = ("_pps", "_sps", "max_payload")
+
+    def __init__(self, max_payload: int = 1200) -> None:
+        if max_payload < 3:  # FU indicator + FU header + at least one byte
+            raise ValueError(f"max_payload {max_payload} is too small")
+        self.max_payload = max_payload
+        self._sps: bytes | None = None
+        self._pps: bytes | None = None
+
+    def packetize(
+        self, nalus: list[bytes], sps: bytes | None, pps: bytes | None, keyframe: bool
+    ) -> list[bytes]:
+        """RTP payloads of one access unit, in sending order.
+
+        The caller sets the RTP marker bit on the *last* payload of the list
+        (RFC 6184 §5.1: the marker ends the access unit) and the same 90 kHz
+        timestamp on all of them. ``sps``/``pps`` (e.g. from the FLV sequence
+        header), when given, replace the cached ones. If the access unit holds
+        an IDR (or ``keyframe`` says it is one) but lacks its own SPS or PPS,
+        the cached SPS and PPS are put in front of it. Access unit delimiters
+        and filler data are dropped; an empty result means nothing to send.
+        """
+        if sps is not None:
+            self._sps = sps
+        if pps is not None:
+            self._pps = pps
+        units = [n for n in nalus if n and n[0] & 0x1F not in (NAL_AUD, NAL_FILLER)]
+        types = [n[0] & 0x1F for n in units]
+        for n, t in zip(units, types, strict=True):
+            if t == NAL_SPS:
+                self._sps = n
+            elif t == NAL_PPS:
+                self._pps = n
+        if (
+            (keyframe or NAL_IDR in types)
+            and (NAL_SPS not in types or NAL_PPS not in types)
+            and self._sps is not None
+            and self._pps is not None
+        ):
+            # Both in front, in canonical order; the unit's own one of the two is dropped.
+            units = [self._sps, self._pps] + [
+                n for n, t in zip(units, types, strict=True) if t not in (NAL_SPS, NAL_PPS)
+            ]
+        payloads: list[bytes] = []
+        for n in units:
+            if len(n) <= self.max_payload:
+                payloads.append(n)
+            else:
+                self._fragment(n, payloads)
+        return payloads
+
+    def _fragment(self, nalu: bytes, out: list[bytes]) -> None:
+        """FU-A fragments of ``nalu`` (RFC 6184 §5.8): the NAL header is not sent,
+        its F/NRI bits go in the FU indicator and its type in the FU header."""
+        indicator = (nalu[0] & 0xE0) | NAL_FU_A
+        ntype = nalu[0] & 0x1F
+        body = memoryview(nalu)[1:]
+        count = -(-len(body) // (self.max_payload - 2))  # at least 2: nalu > max_payload
+        base, extra = divmod(len(body), count)  # equal fragments rather than a short tail
+        first = bytes((indicator, _FU_START | ntype))
+        middle = bytes((indicator, ntype))
+        last = bytes((indicator, _FU_END | ntype))
+        pos = 0
+        for i in range(count):
+            end = pos + base + (i < extra)
+            head = first if i == 0 else last if i == count - 1 else middle
+            out.append(head + body[pos:end])
+            pos = end
+
+
+@dataclass(slots=True)
+class AccessUnit:
+    """One H.264 access unit reassembled from RTP.
+
+    ``keyframe``: it contains an IDR slice. ``discontinuity``: data was lost
+    (or a broken unit dropped) since the previous emitted unit, so the
+    pictures this one references may be missing until the next keyframe.
+    """
+
+    nalus: list[bytes]
+    timestamp: int
+    keyframe: bool
+    discontinuity: bool = False
+
+
+@dataclass(slots=True)
+class DepacketizerStats:
+    """Counters of an :class:`H264Depacketizer` (monotonic, never reset)."""
+
+    packets: int = 0
+    access_units: int = 0
+    #: Units dropped because a packet of theirs was lost or malformed.
+    dropped_units: int = 0
+    #: Corrupt payloads: empty, forbidden bit, truncated STAP-A, FU-A out of order.
+    malformed: int = 0
+    #: STAP-B, MTAP, FU-B and reserved types (interleaved mode is never negotiated).
+    unsupported: int = 0
+    duplicates: int = 0
+    losses: int = 0
+
+
+@dataclass(slots=True)
+class _Fu:
+    header: int  # the reconstructed NAL header byte
+    parts: list[bytes | memoryview] = field(default_factory=list)
+
+
+class H264Depacketizer:
+    """RTP payloads (in sequence order) -> access units (RFC 6184 §5.6-§5.8).
+
+    Accepts single NAL unit packets, STAP-A and FU-A; STAP-B, MTAP16/24 and
+    FU-B belong to the interleaved mode, which is never negotiated, and are
+    ignored and counted. A unit is emitted when a packet with the marker bit
+    completes it (§5.1) or when the timestamp changes (for senders that do not
+    set the marker). A unit with a lost or corrupt packet is dropped whole,
+    never emitted half.
+
+    ``needs_keyframe`` is True from the start and after every loss or dropped
+    unit, until a unit with an IDR is emitted: while it is True the receiving
+    leg should ask the sender for a keyframe (RTCP PLI), rate-limited.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_discontinuity",
+        "_fu",
+        "_gap",
+        "_idr",
+        "_last_fu_end",
+        "_nalus",
+        "_pps",
+        "_ready",
+        "_sps",
+        "_started",
+        "_ts",
+        "needs_keyframe",
+        "stats",
+    )
+
+    def __init__(self) -> None:
+        self.stats = DepacketizerStats()
+        self.needs_keyframe = True
+        self._sps: bytes | None = None
+        self._pps: bytes | None = None
+        self._nalus: list[bytes] = []
+        self._ts = -1  # no RTP timestamp is negative
+        self._idr = False
+        self._broken = False
+        self._gap = False
+        self._started = False  # a packet of the current unit was pushed
+        self._discontinuity = False
+        self._fu: _Fu | None = None
+        self._last_fu_end: bytes | None = None
+        self._ready: AccessUnit | None = None
+
+    @property
+    def sps(self) -> bytes | None:
+        """The latest sequence parameter set received."""
+        return self._sps
+
+    @property
+    def pps(self) -> bytes | None:
+        """The latest picture parameter set received."""
+        return self._pps
+
+    def lost(self) -> None:
+        """The jitter buffer gave up on packets between the last pushed one and the next.
+
+        They may have ended the unit under construction and begun the next
+        one, so both are dropped: the current one, and the next one too unless
+        the next packet pushed carries the current timestamp.
+        """
+        self.stats.losses += 1
+        self._broken = True
+        self._gap = True
+        self._fu = None
+        self.needs_keyframe = True
+
+    def push(self, payload: bytes, timestamp: int, marker: bool) -> AccessUnit | None:
+        """Feed the payload of the next RTP packet; returns a completed unit or None.
+
+        Never raises on bad input. In the rare case that one packet completes
+        two units (a unit without marker ended by a timestamp change, and a
+        one-packet unit with marker), the second is returned by the next call.
+        """
+        self.stats.packets += 1
+        out, self._ready = self._ready, None
+        gap, self._gap = self._gap, False
+        if timestamp != self._ts:
+            out = self._finish(out)
+            self._ts = timestamp
+            self._broken = gap
+        self._started = True
+        if not payload:
+            self._malformed()
+        else:
+            self._depacketize(payload)
+        if marker:
+            out = self._finish(out)
+        return out
+
+    def _depacketize(self, payload: bytes) -> None:
+        head = payload[0]
+        if head & 0x80:  # forbidden_zero_bit: RFC 6184 §5.3 says drop it
+            self._malformed()
+            return
+        t = head & 0x1F
+        if t < NAL_STAP_A:
+            if t == 0:
+                self.stats.unsupported += 1
+            else:
+                self._add(bytes(payload), t)
+        elif t == NAL_FU_A:
+            self._fu_a(payload)
+        elif t == NAL_STAP_A:
+            self._stap_a(payload)
+        else:
+            self.stats.unsupported += 1
+
+    def _stap_a(self, payload: bytes) -> None:
+        """STAP-A (§5.7.1): 16-bit size + NAL unit, repeated; all or nothing."""
+        nalus: list[bytes] = []
+        pos, total = 1, len(payload)
+        while pos < total:
+            end = pos + 2 + int.from_bytes(payload[pos : pos + 2], "big")
+            if end > total or end == pos + 2 or payload[pos + 2] & 0x80:
+                self._malformed()
+                return
+            nalus.append(bytes(payload[pos + 2 : end]))
+            pos = end
+        if not nalus:
+            self._malformed()
+        for n in nalus:
+            self._add(n, n[0] & 0x1F)
+
+    def _fu_a(self, payload: bytes) -> None:
+        """FU-A (§5.8): the NAL unit is rebuilt from the FU indicator's F/NRI
+        bits, the FU header's type and the concatenated fragment payloads."""
+        if len(payload) < 3:
+            self._malformed()
+            return
+        fu_header = payload[1]
+        header = (payload[0] & 0xE0) | (fu_header & 0x1F)
+        fu = self._fu
+        if fu_header & _FU_START:
+            if fu is not None:  # the previous fragmented NAL unit never ended
+                self._malformed()
+            fu = self._fu = _Fu(header)
+        elif fu is None:
+            if payload == self._last_fu_end:
+                self.stats.duplicates += 1
+            elif not self._broken:  # else its start was lost and is already accounted for
+                self._malformed()
+            return
+        elif fu.header != header:
+            self._fu = None
+            self._malformed()
+            return
+        fu.parts.append(memoryview(payload)[2:])
+        if fu_header & _FU_END:
+            self._fu = None
+            self._last_fu_end = payload
+            self._add(bytes((header,)) + b"".join(fu.parts), header & 0x1F)
+
+    def _add(self, nalu: bytes, t: int) -> None:
+        if t == NAL_IDR:
+            self._idr = True
+        elif t == NAL_SPS:
+            self._sps = nalu
+        elif t == NAL_PPS:
+            self._pps = nalu
+        self._nalus.append(nalu)
+
+    def _malformed(self) -> None:
+        self.stats.malformed += 1
+        self._broken = True
+        self.needs_keyframe = True
+
+    def _finish(self, out: AccessUnit | None) -> AccessUnit | None:
+        """Close the unit under construction; return it (or hold it if ``out`` is taken)."""
+        if self._fu is not None:  # a NAL unit without its end: the unit is broken
+            self._fu = None
+            self._broken = True
+        au: AccessUnit | None = None
+        if self._broken:
+            if self._started:
+                self.stats.dropped_units += 1
+            self._discontinuity = True
+            self.needs_keyframe = True
+        elif self._nalus:
+            au = AccessUnit(self._nalus, self._ts, self._idr, self._discontinuity)
+            self.stats.access_units += 1
+            self._discontinuity = False
+            if self._idr:
+                self.needs_keyframe = False
+        self._nalus = []
+        self._idr = False
+        self._broken = False
+        self._started = False
+        if au is None:
+            return out
+        if out is None:
+            return au
+        self._ready = au
+        return out
