@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from wxmgw.errors import InvalidArgument, NoFreePort
 
+RECEIVE_BUFFER = 1 << 20
+
 
 @dataclass(slots=True)
 class PortPair:
@@ -86,6 +88,8 @@ class PortAllocator:
     def _bind(self, port: int) -> PortPair | None:
         rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # A keyframe arrives as a burst of packets: give the kernel room for it.
+        rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         try:
             rtp.bind((self._host, port))
             rtcp.bind((self._host, port + 1))

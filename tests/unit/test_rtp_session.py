@@ -1,0 +1,84 @@
+"""RtpSession on loopback sockets: two sessions talking to each other."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import socket  # noqa: E402
+
+import gevent  # noqa: E402
+import pytest  # noqa: E402
+
+from wxmgw.ports import PortAllocator  # noqa: E402
+from wxmgw.rtp import rtcp  # noqa: E402
+from wxmgw.rtp.jitter import Gap  # noqa: E402
+from wxmgw.rtp.session import ReceiveConfig, RtpSession, SendConfig  # noqa: E402
+
+
+@pytest.fixture
+def ports():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        lo = s.getsockname()[1] & ~1
+    allocator = PortAllocator(lo, lo + 7, "127.0.0.1")
+    yield allocator
+    for port in list(allocator.in_use):
+        allocator.release(allocator._in_use[port])
+
+
+def test_symmetric_send_receive_reports_and_keyframe_requests(ports):
+    a_pair, b_pair = ports.allocate(), ports.allocate()
+    got: list = []
+    feedback: list = []
+    sender = RtpSession(a_pair, "a", remote=("127.0.0.1", b_pair.port),
+                        send=SendConfig(ssrc=1234, payload_type=96, clock_rate=90000),
+                        on_feedback=feedback.append, rtcp_interval=0.05)
+    receiver = RtpSession(b_pair, "b", receive=ReceiveConfig(96, 90000),
+                          on_media=got.extend, rtcp_interval=0.05)
+    sender.start()
+    receiver.start()
+    try:
+        for i in range(20):
+            sender.send(bytes([i]) * 10, i * 3000, True, media_time=100.0 + i / 30)
+            gevent.sleep(0.002)
+        gevent.sleep(0.3)
+        packets = [p for p in got if not isinstance(p, Gap)]
+        assert [p.payload[0] for p in packets] == list(range(20))
+        assert all(p.ssrc == 1234 and p.payload_type == 96 for p in packets)
+        assert receiver.stats.sr_received >= 1 and receiver.timeline.synced
+        assert sender.stats.rr_received >= 1
+        assert receiver.request_keyframe()
+        assert not receiver.request_keyframe()  # rate-limited
+        gevent.sleep(0.1)
+        assert sender.stats.pli_received == 1 and sender.stats.fir_received == 1
+        assert any(isinstance(f, rtcp.Pli) for f in feedback)
+        # SR mapping: capture times follow the sender's media time spacing.
+        t0 = receiver.capture_time(packets[0].timestamp)
+        t10 = receiver.capture_time(packets[10].timestamp)
+        assert abs((t10 - t0) - 10 / 30) < 1e-3
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_wrong_payload_type_and_second_source_are_dropped(ports):
+    pair = ports.allocate()
+    got: list = []
+    session = RtpSession(pair, "r", receive=ReceiveConfig(8, 8000), on_media=got.extend)
+    session.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as one, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as two:
+            hdr = bytes([0x80, 8, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7])
+            one.sendto(hdr + b"\xd5" * 160, ("127.0.0.1", pair.port))
+            gevent.sleep(0.05)
+            two.sendto(hdr + b"\xd5" * 160, ("127.0.0.1", pair.port))
+            one.sendto(bytes([0x80, 0]) + hdr[2:] + b"x", ("127.0.0.1", pair.port))
+            one.sendto(b"\x00garbage", ("127.0.0.1", pair.port))
+            gevent.sleep(0.05)
+        assert len(got) == 1
+        assert session.stats.wrong_source == 1
+        assert session.stats.wrong_payload_type == 1
+        assert session.stats.malformed == 1
+    finally:
+        session.close()

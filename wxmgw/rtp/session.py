@@ -1,0 +1,400 @@
+"""RTP sessions on the gevent hub: one stream over one bound port pair.
+
+A session sends, receives, or both (symmetric RTP: the MAS answers a
+mini-program's audio to the port it comes from). It owns the sockets' read
+loops, so RTCP for the sending and the receiving side of one pair is read in
+one place:
+
+* sending: sequence numbers and timestamps with random starts (RFC 3550
+  §5.1), a sender report every ``rtcp_interval`` (§6.4.1) mapping the
+  stream's RTP time to wall-clock, RR/PLI/FIR from the far end counted and
+  handed to ``on_feedback``;
+* receiving: the first source address is latched (packets of another address
+  or payload type are dropped and counted), a jitter buffer reorders, packets
+  and gaps go to ``on_media``; receiver reports every ``rtcp_interval``
+  (§6.4.2); :meth:`RtpSession.request_keyframe` sends PLI (RFC 4585 §6.3.1)
+  and FIR (RFC 5104 §4.3.1), rate-limited; sender reports from the far end
+  map its RTP time to our clock (:class:`Timeline`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import gevent
+
+from wxmgw.errors import ParseError
+from wxmgw.ports import PortPair
+from wxmgw.rtp import rtcp
+from wxmgw.rtp.jitter import Gap, JitterBuffer
+from wxmgw.rtp.packet import RtpPacket, is_rtcp
+from wxmgw.rtp.seq import TimestampUnwrapper
+
+RTCP_INTERVAL = 5.0
+KEYFRAME_REQUEST_INTERVAL = 1.0
+_MAX_DATAGRAM = 65536
+
+Media = list[RtpPacket | Gap]
+
+
+@dataclass(frozen=True, slots=True)
+class SendConfig:
+    ssrc: int
+    payload_type: int
+    clock_rate: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveConfig:
+    payload_type: int
+    clock_rate: int
+    window: float = 0.1
+
+
+@dataclass(slots=True)
+class SessionStats:
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    packets_received: int = 0
+    bytes_received: int = 0
+    wrong_source: int = 0
+    wrong_payload_type: int = 0
+    malformed: int = 0
+    send_errors: int = 0
+    rtcp_received: int = 0
+    rr_received: int = 0
+    sr_received: int = 0
+    pli_received: int = 0
+    fir_received: int = 0
+    pli_sent: int = 0
+    fir_sent: int = 0
+    remote_fraction_lost: float = 0.0
+    remote_jitter: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ClockOffset:
+    """Offset from a remote sender's wall-clock to our monotonic clock.
+
+    Shared by the audio and the video session of one member, so that both
+    streams land on one timeline: the smallest ``arrival - sender time`` seen
+    (the least-delayed SR) is the best estimate of the offset.
+    """
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def observe(self, remote_wallclock: float, local_arrival: float) -> None:
+        offset = local_arrival - remote_wallclock
+        if self.value is None or offset < self.value:
+            self.value = offset
+
+
+@dataclass(slots=True)
+class Timeline:
+    """Maps an incoming stream's RTP timestamps to capture times on our monotonic clock.
+
+    With a sender report (RFC 3550 §6.4.1) the mapping is the sender's own
+    (NTP, RTP) pair, shifted by the member's :class:`ClockOffset`: streams of
+    one member stay in sync even when their RTP timestamps are offset. Before
+    the first SR, the first packet's arrival anchors the stream.
+    """
+
+    clock_rate: int
+    offset: ClockOffset
+    _unwrap: TimestampUnwrapper | None = None
+    _anchor: tuple[int, float] | None = None  # (extended rtp ts, monotonic time)
+    _sr: tuple[int, float] | None = None  # (extended rtp ts, remote wall-clock)
+    synced: bool = field(default=False)
+
+    def capture_time(self, timestamp: int, arrival: float) -> float:
+        if self._unwrap is None:
+            self._unwrap = TimestampUnwrapper(timestamp)
+        ts = self._unwrap.unwrap(timestamp)
+        if self._sr is not None and self.offset.value is not None:
+            sr_ts, sr_wall = self._sr
+            return sr_wall + (ts - sr_ts) / self.clock_rate + self.offset.value
+        if self._anchor is None:
+            self._anchor = (ts, arrival)
+        anchor_ts, anchor_time = self._anchor
+        return anchor_time + (ts - anchor_ts) / self.clock_rate
+
+    def on_sender_report(self, sr: rtcp.SenderReport, arrival: float) -> None:
+        wall = rtcp.unix_from_ntp(sr.ntp_timestamp)
+        self.offset.observe(wall, arrival)
+        if self._unwrap is None:
+            self._unwrap = TimestampUnwrapper(sr.rtp_timestamp)
+        self._sr = (self._unwrap.extend(sr.rtp_timestamp), wall)
+        self.synced = True
+
+
+class RtpSession:
+    """One RTP stream over a :class:`PortPair`; see the module docstring."""
+
+    def __init__(
+        self,
+        pair: PortPair,
+        name: str,
+        *,
+        remote: tuple[str, int] | None = None,
+        send: SendConfig | None = None,
+        receive: ReceiveConfig | None = None,
+        on_media: Callable[[Media], None] | None = None,
+        on_feedback: Callable[[rtcp.RtcpPacket], None] | None = None,
+        offset: ClockOffset | None = None,
+        log: Callable[..., None] | None = None,
+        cname: str = "wxmgw",
+        rtcp_interval: float = RTCP_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pair = pair
+        self.name = name
+        self.remote = remote
+        self.send_config = send
+        self.receive_config = receive
+        self.on_media = on_media
+        self.on_feedback = on_feedback
+        self.cname = cname
+        self.log = log or (lambda *_args, **_fields: None)
+        self.rtcp_interval = rtcp_interval
+        self.clock = clock
+        self.stats = SessionStats()
+        self.ssrc = send.ssrc if send else random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts_base = random.getrandbits(32)
+        self._last_sent: tuple[int, float] | None = None  # (rtp ts, media time)
+        self.jitter = (
+            JitterBuffer(receive.clock_rate, clock, receive.window) if receive else None
+        )
+        self.timeline = Timeline(receive.clock_rate, offset or ClockOffset()) if receive else None
+        self._source: tuple[str, int] | None = None
+        self._rtcp_source: tuple[str, int] | None = None
+        self._last_sr: tuple[int, float] | None = None  # (middle 32 of NTP, arrival)
+        self._fir_seq = 0
+        self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL
+        self._greenlets: list[gevent.Greenlet] = []
+        self.closed = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._greenlets = [gevent.spawn(self._read_rtcp), gevent.spawn(self._report_loop)]
+        if self.receive_config is not None or self.send_config is not None:
+            self._greenlets.append(gevent.spawn(self._read_rtp))
+
+    def close(self) -> None:
+        """Stop sending and reading at once; the sockets belong to the pair's owner."""
+        self.closed = True
+        gevent.killall(self._greenlets, block=False)
+        self._greenlets = []
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(self, payload: bytes, timestamp: int, marker: bool, media_time: float) -> None:
+        """Send one packet; ``timestamp`` counts clock units from the stream's start.
+
+        ``media_time`` is the capture time of the packet on our monotonic clock;
+        the sender reports map RTP time to wall-clock through it.
+        """
+        config = self.send_config
+        if config is None or self.remote is None or self.closed:
+            return
+        rtp_ts = (self._ts_base + timestamp) & 0xFFFFFFFF
+        data = bytes(RtpPacket(config.payload_type, self._seq, rtp_ts, config.ssrc, payload,
+                               marker))
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._last_sent = (rtp_ts, media_time)
+        try:
+            self.pair.rtp.sendto(data, self.remote)
+        except OSError:
+            self.stats.send_errors += 1
+            return
+        self.stats.packets_sent += 1
+        self.stats.bytes_sent += len(payload)
+
+    # -- receiving -----------------------------------------------------------------
+
+    def _read_rtp(self) -> None:
+        sock = self.pair.rtp
+        config = self.receive_config
+        jitter = self.jitter
+        while not self.closed:
+            timeout = None
+            if jitter is not None:
+                deadline = jitter.next_deadline()
+                if deadline is not None:
+                    timeout = max(0.001, deadline - self.clock())
+            sock.settimeout(timeout)
+            try:
+                data, addr = sock.recvfrom(_MAX_DATAGRAM)
+            except TimeoutError:
+                self._deliver()
+                continue
+            except OSError:
+                if self.closed or self.pair.closed:
+                    return
+                gevent.sleep(0.01)
+                continue
+            if is_rtcp(data):
+                self._on_rtcp(data, addr)
+                continue
+            if config is None or jitter is None:
+                continue  # a send-only session ignores media sent to it
+            self._on_rtp(data, addr, config, jitter)
+
+    def _on_rtp(
+        self, data: bytes, addr: tuple[str, int], config: ReceiveConfig, jitter: JitterBuffer
+    ) -> None:
+        if self._source is None:
+            if self.remote is not None and addr[0] != self.remote[0]:
+                self.stats.wrong_source += 1
+                return
+            self._source = addr
+            self.log("rtp_source", session=self.name, source=f"{addr[0]}:{addr[1]}")
+        elif addr != self._source:
+            self.stats.wrong_source += 1
+            return
+        try:
+            pkt = RtpPacket.parse(data)
+        except ParseError:
+            self.stats.malformed += 1
+            return
+        if pkt.payload_type != config.payload_type:
+            self.stats.wrong_payload_type += 1
+            return
+        self.stats.packets_received += 1
+        self.stats.bytes_received += len(pkt.payload)
+        jitter.push(pkt, self.clock())
+        self._deliver()
+
+    def _deliver(self) -> None:
+        if self.jitter is None or self.on_media is None:
+            return
+        ready = self.jitter.pop_ready(self.clock())
+        if ready:
+            self.on_media(ready)
+
+    def capture_time(self, timestamp: int) -> float:
+        """Capture time of an incoming packet's timestamp on our monotonic clock."""
+        assert self.timeline is not None
+        return self.timeline.capture_time(timestamp, self.clock())
+
+    def request_keyframe(self) -> bool:
+        """Send PLI and FIR to the far sender, at most once per second; True when sent."""
+        now = self.clock()
+        media_ssrc = self.jitter.ssrc if self.jitter else None
+        if media_ssrc is None or now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL:
+            return False
+        self._last_keyframe_request = now
+        self._fir_seq = (self._fir_seq + 1) & 0xFF
+        packets: list[rtcp.RtcpPacket] = [
+            *self._reports(),
+            rtcp.Pli(self.ssrc, media_ssrc),
+            rtcp.Fir(self.ssrc, [(media_ssrc, self._fir_seq)]),
+        ]
+        if self._send_rtcp(packets):
+            self.stats.pli_sent += 1
+            self.stats.fir_sent += 1
+            return True
+        return False
+
+    # -- RTCP ----------------------------------------------------------------------
+
+    def _read_rtcp(self) -> None:
+        sock = self.pair.rtcp
+        while not self.closed:
+            try:
+                data, addr = sock.recvfrom(_MAX_DATAGRAM)
+            except OSError:
+                if self.closed or self.pair.closed:
+                    return
+                gevent.sleep(0.01)
+                continue
+            self._on_rtcp(data, addr)
+
+    def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            packets = rtcp.parse_compound(data)
+        except ParseError:
+            self.stats.malformed += 1
+            return
+        self.stats.rtcp_received += 1
+        self._rtcp_source = addr
+        now = self.clock()
+        for packet in packets:
+            if isinstance(packet, rtcp.SenderReport):
+                self.stats.sr_received += 1
+                self._last_sr = (rtcp.ntp_middle32(packet.ntp_timestamp), now)
+                if self.timeline is not None:
+                    self.timeline.on_sender_report(packet, now)
+                self._note_blocks(packet.reports)
+            elif isinstance(packet, rtcp.ReceiverReport):
+                self.stats.rr_received += 1
+                self._note_blocks(packet.reports)
+            elif isinstance(packet, rtcp.Pli):
+                self.stats.pli_received += 1
+            elif isinstance(packet, rtcp.Fir):
+                self.stats.fir_received += 1
+            if self.on_feedback is not None:
+                self.on_feedback(packet)
+
+    def _note_blocks(self, blocks: list[rtcp.ReportBlock]) -> None:
+        for block in blocks:
+            if block.ssrc == self.ssrc:
+                self.stats.remote_fraction_lost = block.fraction_lost / 256
+                self.stats.remote_jitter = block.jitter
+
+    def _report_loop(self) -> None:
+        while not self.closed:
+            gevent.sleep(self.rtcp_interval * random.uniform(0.5, 1.5))  # RFC 3550 §6.3.1
+            self._send_rtcp(self._reports())
+
+    def _reports(self) -> list[rtcp.RtcpPacket]:
+        """SR when we have sent, RR otherwise, with a block about the stream we receive."""
+        blocks: list[rtcp.ReportBlock] = []
+        if self.jitter is not None:
+            lsr, dlsr = 0, 0
+            if self._last_sr is not None:
+                lsr = self._last_sr[0]
+                dlsr = rtcp.dlsr_from_seconds(self.clock() - self._last_sr[1])
+            block = self.jitter.make_report_block(lsr, dlsr)
+            if block is not None:
+                blocks.append(block)
+        report: rtcp.RtcpPacket
+        if self._last_sent is not None:
+            rtp_ts, media_time = self._last_sent
+            assert self.send_config is not None
+            now = self.clock()
+            rtp_now = (rtp_ts + round((now - media_time) * self.send_config.clock_rate))
+            report = rtcp.SenderReport(
+                self.ssrc, rtcp.ntp_from_unix(time.time()), rtp_now & 0xFFFFFFFF,
+                self.stats.packets_sent & 0xFFFFFFFF, self.stats.bytes_sent & 0xFFFFFFFF, blocks,
+            )
+        else:
+            report = rtcp.ReceiverReport(self.ssrc, blocks)
+        return [report, rtcp.Sdes.for_cname(self.ssrc, self.cname)]
+
+    def _rtcp_destination(self) -> tuple[str, int] | None:
+        if self._rtcp_source is not None:
+            return self._rtcp_source
+        peer = self.remote or self._source
+        if peer is None:
+            return None
+        return peer[0], peer[1] + 1  # RFC 3550 §11: RTCP on the next port
+
+    def _send_rtcp(self, packets: list[rtcp.RtcpPacket]) -> bool:
+        dest = self._rtcp_destination()
+        if dest is None or self.closed:
+            return False
+        try:
+            self.pair.rtcp.sendto(rtcp.compound(packets), dest)
+        except OSError:
+            self.stats.send_errors += 1
+            return False
+        return True
