@@ -239,3 +239,40 @@ class Channel(Generic[T]):
             self._gop_bytes += frame.size
             if len(self._gop) > GOP_CACHE_MAX_FRAMES or self._gop_bytes > GOP_CACHE_MAX_BYTES:
                 self._gop = []
+
+
+class MediaChannels:
+    """The *video* and *audio* channels of one uuid (MISSION §3)."""
+
+    def __init__(self, uuid: str) -> None:
+        self.uuid = uuid
+        self.video: Channel[VideoFrame] = Channel(f"{uuid}/video", gop_cache=True)
+        self.audio: Channel[AudioFrame] = Channel(f"{uuid}/audio")
+
+    def close(self) -> None:
+        self.video.close()
+        self.audio.close()
+
+
+class ChannelRegistry:
+    """uuid -> its channels; the leg that receives a uuid's media opens and closes them."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, MediaChannels] = {}
+
+    def open(self, uuid: str) -> MediaChannels:
+        channels = self._channels.get(uuid)
+        if channels is None:
+            channels = self._channels[uuid] = MediaChannels(uuid)
+        return channels
+
+    def get(self, uuid: str) -> MediaChannels | None:
+        return self._channels.get(uuid)
+
+    def close(self, uuid: str) -> None:
+        channels = self._channels.pop(uuid, None)
+        if channels is not None:
+            channels.close()
+
+    def __len__(self) -> int:
+        return len(self._channels)

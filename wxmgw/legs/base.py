@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
 from wxmgw.logs import event
 from wxmgw.ports import PortAllocator, PortPair
+from wxmgw.pubsub import ChannelRegistry
 
 logger = logging.getLogger("wxmgw.leg")
 
@@ -27,6 +28,7 @@ class LegContext:
     ports: PortAllocator
     media_ip: str
     stats_interval: float = 10.0
+    channels: ChannelRegistry = field(default_factory=ChannelRegistry)
 
 
 class Leg:
