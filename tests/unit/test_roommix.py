@@ -1,0 +1,57 @@
+"""RoomMixer on the hub: channels in, N-1 mixes out on a steady 20 ms grid."""
+
+import time
+
+import gevent
+import numpy as np
+
+from wxmgw.legs.roommix import RoomMixer
+from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame
+from wxmgw.pubsub import Channel
+
+
+def tone(freq: float, n: int) -> np.ndarray:
+    t = np.arange(n * AUDIO_FRAME_SAMPLES) / AUDIO_RATE
+    return (np.sin(2 * np.pi * freq * t) * 8000).astype(np.int16)
+
+
+def peak_hz(pcm: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64)))
+    return float(np.fft.rfftfreq(len(pcm), 1 / AUDIO_RATE)[int(np.argmax(spectrum))])
+
+
+def test_each_member_hears_the_others_and_a_stalled_one_stalls_nothing():
+    room = RoomMixer("c1")
+    freqs = {"a": 500.0, "b": 1200.0, "c": 2000.0}
+    sources = {k: Channel[AudioFrame](f"{k}/audio") for k in freqs}
+    sinks = {k: Channel[AudioFrame](f"{k}/mix") for k in freqs}
+    outs = {k: sinks[k].subscribe(maxsize=1000) for k in freqs}
+    for k in freqs:
+        room.add(k, sources[k], sinks[k])
+    pcm = {k: tone(f, 25) for k, f in freqs.items()}
+
+    def speak(key: str) -> None:
+        for i in range(25):
+            chunk = pcm[key][i * AUDIO_FRAME_SAMPLES:(i + 1) * AUDIO_FRAME_SAMPLES]
+            sources[key].publish(AudioFrame(chunk, time.monotonic()))
+            gevent.sleep(0.02)
+
+    gevent.joinall([gevent.spawn(speak, "a"), gevent.spawn(speak, "b")])  # c stays silent
+    gevent.sleep(0.1)
+    room.close()
+    for key in freqs:
+        frames = []
+        while (f := outs[key].get(timeout=0)) is not None:
+            frames.append(f.pcm)
+        assert len(frames) >= 25, key
+        heard = np.concatenate(frames)
+        spectrum = np.abs(np.fft.rfft(heard.astype(np.float64)))
+        bins = np.fft.rfftfreq(len(heard), 1 / AUDIO_RATE)
+
+        def level(hz: float, spectrum=spectrum, bins=bins) -> float:
+            return float(spectrum[np.abs(bins - hz) < 20].max())
+
+        others = [k for k in ("a", "b") if k != key]
+        for other in others:
+            assert level(freqs[other]) > 50 * level(freqs[key]) + 1, (key, other)
+    assert room.ticks >= 25

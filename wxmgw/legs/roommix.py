@@ -1,0 +1,105 @@
+"""The room mixer: a conference without a MAS mixed by wxmgw itself.
+
+Each mini-program of a MAS-less room is a source (its audio channel) and a
+listener (its mix channel, which its Rtmp2rtp pushes to ``pushAudioUrl``);
+every listener hears the N-1 mix of the others (MISSION §4, §6). One
+greenlet per room ticks the pure :class:`~wxmgw.media.mixer.Mixer` on an
+absolute 20 ms grid, so the mix neither drifts nor stalls when a source does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+from wxmgw.logs import event
+from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AudioFrame
+from wxmgw.media.mixer import Mixer
+from wxmgw.pubsub import Channel, Subscription
+
+logger = logging.getLogger(__name__)
+
+
+class RoomMixer:
+    def __init__(self, conf_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.conf_id = conf_id
+        self.clock = clock
+        self.mixer = Mixer(queue_frames=10)  # 200 ms: RTMP delivers audio in small bursts
+        self._sources: dict[str, Subscription[AudioFrame]] = {}
+        self._sinks: dict[str, Channel[AudioFrame]] = {}
+        self._greenlet: gevent.Greenlet | None = None
+        self.ticks = 0
+        self.overruns = 0
+
+    def __len__(self) -> int:
+        return len(self._sinks)
+
+    def add(self, uuid: str, source: Channel[AudioFrame], sink: Channel[AudioFrame]) -> None:
+        """``uuid`` speaks on ``source`` and hears the others on ``sink``."""
+        self.remove(uuid)
+        self._sources[uuid] = source.subscribe(maxsize=25, name=f"mixer:{self.conf_id}")
+        self._sinks[uuid] = sink
+        self.mixer.add_source(uuid)
+        self.mixer.add_listener(uuid)
+        event(logger, "mixer_joined", confId=self.conf_id, uuid=uuid, members=len(self._sinks))
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+
+    def remove(self, uuid: str) -> None:
+        sub = self._sources.pop(uuid, None)
+        if sub is None:
+            return
+        sub.close()
+        del self._sinks[uuid]
+        self.mixer.remove_listener(uuid)
+        self.mixer.remove_source(uuid)
+        event(logger, "mixer_left", confId=self.conf_id, uuid=uuid, members=len(self._sinks))
+        if not self._sinks:
+            self.close()
+
+    def close(self) -> None:
+        for uuid in list(self._sources):
+            self._sources.pop(uuid).close()
+            self.mixer.remove_listener(uuid)
+            self.mixer.remove_source(uuid)
+        self._sinks.clear()
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "ticks": self.ticks,
+            "overruns": self.overruns,
+            "sources": {k: {"mixed": s.mixed, "late": s.late, "dropped": s.dropped,
+                            "underruns": s.underruns} for k, s in self.mixer.stats().items()},
+        }
+
+    def tick(self, now: float) -> None:
+        """Move what the sources have into the mixer and publish one frame per listener."""
+        for uuid, sub in self._sources.items():
+            while sub.pending:
+                frame = sub.get(timeout=0)
+                if frame is None:
+                    break
+                self.mixer.push(uuid, frame)
+        for uuid, frame in self.mixer.tick(now).items():
+            self._sinks[uuid].publish(frame)
+        self.ticks += 1
+
+    def _run(self) -> None:
+        # Mix a little behind real time, so a frame captured "now" is in its window.
+        next_tick = self.clock() + AUDIO_FRAME_SECONDS
+        while True:
+            delay = next_tick - self.clock()
+            if delay > 0:
+                gevent.sleep(delay)
+            elif delay < -0.1:  # the hub was stalled: skip ahead instead of bursting
+                self.overruns += 1
+                next_tick = self.clock()
+            self.tick(next_tick)
+            next_tick += AUDIO_FRAME_SECONDS
