@@ -28,9 +28,9 @@ code  name                  when
 ====  ====================  ===================================================
 
 Accepted quirks of the seed: ``method`` surrounded by white space,
-``type`` as ``"1"`` or ``1``, ``id``/``confId``/``crgwid``/``antissrc``/``seq``
-as strings or integers (booleans and fractions are refused). The seed's
-examples carry ``//`` comments; the wire carries plain JSON (RFC 8259).
+``type`` as ``"1"`` or ``1``, ``id``/``uuid``/``confId``/``crgwid``/``antissrc``/``seq``
+as strings or integers (booleans, fractions and blanks inside are refused).
+The seed's examples carry ``//`` comments; the wire carries plain JSON (RFC 8259).
 
 Everything here is pure: bytes in, dataclasses and dicts out.
 """
