@@ -1,0 +1,318 @@
+"""FLV muxer glue: a uuid's audio channel (and a video channel) pushed as one RTMP stream.
+
+Used by Rtp2rtmp (a conference member shown to mini-programs) and by Rtmp2rtp
+(a mini-program's mix stream, with the video AvSync adds). The muxing, AAC
+encoding and RTMP publishing are FFmpeg's, in :class:`~wxmgw.media.rtmp_io.RtmpWriter`;
+what this module decides is *when* each frame is written and with which
+timestamp (:class:`AvInterleaver`, pure and clocked from outside):
+
+* Timestamps come from the frames' capture times (``frame.ts``, one monotonic
+  clock for the audio and the video of a source: that is the A/V sync),
+  relative to a base chosen at start, in milliseconds, non-decreasing per stream.
+* Audio is laid on a 20 ms grid. A frame within half a frame of its slot
+  takes the slot; a frame whose slot has passed is dropped (late); a jump of
+  the source's timeline by more than ``RESYNC`` moves the grid. When the
+  audio channel has been quiet for ``QUIET`` past the slot's expected arrival
+  (the source's delay, measured on the frames, taken into account), silence
+  fills the slots: the stream never stalls, whether the source's audio
+  pauses, is lost or never existed.
+* Video waits for a keyframe, then each frame is held until audio up to its
+  time (within ``INTERLEAVE_SLACK``) has been written, at most ``HOLD_MAX``:
+  the FLV tags go out interleaved by time.
+* The A/V offset is measured as how much later than its capture time the
+  last video frame is presented, minus the same for the last real audio
+  frame (0 when in sync).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import gevent
+import numpy as np
+
+from wxmgw.media.frames import (
+    AUDIO_FRAME_SAMPLES,
+    AUDIO_FRAME_SECONDS,
+    AudioFrame,
+    Pcm,
+    VideoFrame,
+)
+from wxmgw.media.rtmp_io import RtmpWriter
+from wxmgw.pubsub import Channel, Subscription
+
+#: Audio quiet this long past a slot's expected arrival is replaced by silence.
+QUIET: Final = 0.06
+#: A jump of the audio timeline by more than this moves the grid instead of filling it.
+RESYNC: Final = 0.2
+#: Video may run this far ahead of the audio written (about one audio frame).
+INTERLEAVE_SLACK: Final = 0.02
+#: No video frame is held longer than this waiting for audio.
+HOLD_MAX: Final = 0.2
+_HALF_FRAME: Final = AUDIO_FRAME_SECONDS / 2
+_SILENCE: Final = np.zeros(AUDIO_FRAME_SAMPLES, np.int16)
+_SILENCE.flags.writeable = False
+
+Output = list[tuple[VideoFrame | AudioFrame, int]]
+
+
+@dataclass(slots=True)
+class InterleaverStats:
+    audio_frames: int = 0
+    silence_frames: int = 0
+    audio_late: int = 0
+    audio_resyncs: int = 0
+    video_frames: int = 0
+    video_before_keyframe: int = 0
+    av_offset_ms: int = 0
+
+
+@dataclass(slots=True)
+class _Held:
+    frame: VideoFrame
+    pts: int
+    release_at: float
+
+
+class AvInterleaver:
+    """Timestamps and order of one FLV stream's frames; see the module docstring.
+
+    Each method takes ``now`` (the gateway's monotonic clock) and returns the
+    frames to write, in order, with their millisecond timestamps.
+    :meth:`next_deadline` says when :meth:`tick` has work (silence, a video
+    frame held too long) if no frame arrives before.
+    """
+
+    def __init__(self, base: float) -> None:
+        self.base = base
+        self.stats = InterleaverStats()
+        self._slot: float | None = None  # capture time of the next audio slot
+        self._audio_pts: int | None = None
+        self._audio_delay: float | None = None  # arrival - capture of the latest audio frame
+        self._video_delay: float | None = None
+        self._held: deque[_Held] = deque()
+        self._video_pts: int | None = None
+        self._keyframe_seen = False
+        self._audio_skew = 0
+
+    def _ms(self, ts: float) -> int:
+        return round((ts - self.base) * 1000)
+
+    @property
+    def _delay(self) -> float:
+        """How long after capture a frame arrives: the audio's, else the video's."""
+        if self._audio_delay is not None:
+            return self._audio_delay
+        return self._video_delay or 0.0
+
+    def audio(self, frame: AudioFrame, now: float) -> Output:
+        out: Output = []
+        self._audio_delay = now - frame.ts
+        if self._slot is None:
+            self._slot = frame.ts
+        drift = frame.ts - self._slot
+        if abs(drift) > RESYNC:
+            self.stats.audio_resyncs += 1
+            self._slot = frame.ts
+        elif drift < -_HALF_FRAME:
+            self.stats.audio_late += 1
+            return self._release(now, out)
+        while frame.ts - self._slot > _HALF_FRAME:
+            self._silence(out)
+        pts = self._write_audio(frame.pcm, out)
+        self.stats.audio_frames += 1
+        self._audio_skew = pts - self._ms(frame.ts)
+        return self._release(now, out)
+
+    def video(self, frame: VideoFrame, now: float) -> Output:
+        self._video_delay = now - frame.ts
+        if not self._keyframe_seen:
+            if not frame.keyframe:
+                self.stats.video_before_keyframe += 1
+                return []
+            self._keyframe_seen = True
+            if self._slot is None:  # no audio yet: silence runs from the first picture on
+                self._slot = frame.ts
+        pts = self._ms(frame.ts)
+        if self._video_pts is not None:
+            pts = max(pts, self._video_pts)
+        self._video_pts = pts
+        self._held.append(_Held(frame, pts, now + HOLD_MAX))
+        return self._release(now, [])
+
+    def tick(self, now: float) -> Output:
+        """Silence for the audio slots overdue at ``now``, and the video that may go."""
+        out: Output = []
+        if self._slot is not None:
+            while self._slot + self._delay + QUIET <= now:
+                self._silence(out)
+        return self._release(now, out)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [self._held[0].release_at] if self._held else []
+        if self._slot is not None:
+            deadlines.append(self._slot + self._delay + QUIET)
+        return min(deadlines, default=None)
+
+    def reset_video(self) -> None:
+        """The video source changes: drop held frames, wait for a keyframe."""
+        self._held.clear()
+        self._keyframe_seen = False
+
+    def _silence(self, out: Output) -> None:
+        self._write_audio(_SILENCE, out)
+        self.stats.silence_frames += 1
+
+    def _write_audio(self, pcm: Pcm, out: Output) -> int:
+        assert self._slot is not None
+        pts = self._ms(self._slot)
+        if self._audio_pts is not None:
+            pts = max(pts, self._audio_pts + 1)
+        out.append((AudioFrame(pcm, self._slot), pts))
+        self._audio_pts = pts
+        self._slot += AUDIO_FRAME_SECONDS
+        return pts
+
+    def _release(self, now: float, out: Output) -> Output:
+        held = self._held
+        slack = round(INTERLEAVE_SLACK * 1000)
+        audio_pts = self._audio_pts
+        while held and (
+            (audio_pts is not None and held[0].pts <= audio_pts + slack)
+            or held[0].release_at <= now
+        ):
+            h = held.popleft()
+            out.append((h.frame, h.pts))
+            self.stats.video_frames += 1
+            self.stats.av_offset_ms = (h.pts - self._ms(h.frame.ts)) - self._audio_skew
+        return out
+
+
+class FlvPublisher:
+    """Pushes an audio channel and an optional video channel to ``url`` as RTMP (H.264 + AAC).
+
+    Runs two greenlets on the hub (one per subscription) that feed an
+    :class:`AvInterleaver` and hand its output to an :class:`RtmpWriter`
+    (FFmpeg in a worker thread, reconnecting with backoff). A video channel
+    given at start or by :meth:`set_video` starts at its cached keyframe.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        audio: Channel[AudioFrame],
+        video: Channel[VideoFrame] | None,
+        log: Callable[..., None],
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.name = name
+        self._log = log
+        self._clock = clock
+        self._audio = audio
+        self._video = video
+        self._writer = RtmpWriter(
+            url, name=name, on_event=self._on_event, video=video is not None, audio=True
+        )
+        self._av = AvInterleaver(clock())
+        self._greenlets: dict[str, gevent.Greenlet] = {}
+        self._subs: dict[str, Subscription[Any]] = {}
+        self._closed = False
+
+    def start(self) -> None:
+        self._av.base = self._clock()
+        self._writer.start()
+        self._follow("audio", self._audio)
+        if self._video is not None:
+            self._follow("video", self._video)
+
+    def set_video(self, video: Channel[VideoFrame] | None) -> None:
+        """Switch, add or remove the video source; the new one starts at a keyframe."""
+        if video is self._video or self._closed:
+            return
+        self._unfollow("video")
+        self._av.reset_video()
+        self._writer.set_video(video is not None)
+        self._video = video
+        self._log("flv_video_source", stream=self.name, video=video.name if video else "")
+        if video is not None:
+            self._follow("video", video)
+
+    def close(self) -> None:
+        """Stop at once and end the publication (the writer's thread finishes on its own)."""
+        if self._closed:
+            return
+        self._closed = True
+        for kind in list(self._subs):
+            self._unfollow(kind)
+        self._writer.close()
+        gevent.spawn(self._writer.join)  # releases the writer's hub inbox once it has ended
+
+    def stats(self) -> dict[str, Any]:
+        w = self._writer.stats
+        return {
+            **asdict(self._av.stats),
+            "rtmp_frames": w.frames,
+            "rtmp_bytes": w.bytes,
+            "reconnects": w.reconnects,
+            "rtmp_errors": w.errors,
+            "rtmp_dropped": w.dropped,
+        }
+
+    def _follow(self, kind: str, channel: Channel[Any]) -> None:
+        sub: Subscription[Any] = channel.subscribe(name=f"{self.name}/flv")
+        self._subs[kind] = sub
+        self._greenlets[kind] = gevent.spawn(self._pump, sub, kind == "video")
+
+    def _unfollow(self, kind: str) -> None:
+        greenlet = self._greenlets.pop(kind, None)
+        if greenlet is not None:
+            greenlet.kill(block=False)
+        sub = self._subs.pop(kind, None)
+        if sub is not None:
+            sub.close()
+
+    def _pump(self, sub: Subscription[Any], video: bool) -> None:
+        """Feed one subscription to the interleaver; wake up for its deadlines too.
+
+        Whichever greenlet changes the interleaver's state waits next with the
+        deadline that change set, so every deadline is kept by one of them.
+        """
+        av = self._av
+        while True:
+            deadline = av.next_deadline()
+            timeout = None if deadline is None else max(0.001, deadline - self._clock())
+            if sub.closed:  # the source stopped: the audio greenlet keeps the stream going
+                if video:
+                    return
+                gevent.sleep(1.0 if timeout is None else timeout)
+                frame = None
+            else:
+                frame = sub.get(timeout)
+            now = self._clock()
+            if frame is None:
+                out = av.tick(now)
+            elif video:
+                out = av.video(frame, now)
+            else:
+                out = av.audio(frame, now)
+            self._write(out)
+
+    def _write(self, out: Output) -> None:
+        writer = self._writer
+        for frame, pts in out:
+            if isinstance(frame, VideoFrame):
+                writer.write_video(frame, pts)
+            else:
+                writer.write_audio(frame, pts)
+
+    def _on_event(self, kind: str, info: dict[str, Any]) -> None:
+        level = logging.WARNING if kind == "disconnected" else logging.INFO
+        self._log(f"rtmp_push_{kind}", level, stream=self.name, url=self.url, **info)
