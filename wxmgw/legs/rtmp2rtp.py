@@ -1,15 +1,136 @@
-"""Rtmp2rtp: a mini-program's RTMP stream to the MAS as RTP, and its mix back to RTMP."""
+"""Rtmp2rtp: a mini-program's RTMP stream to the MAS as RTP, and its mix back to RTMP.
+
+Glue only (MISSION §3): an :class:`~wxmgw.media.rtmp_io.RtmpReader` pulls
+``pullUrl`` and publishes its frames on the uuid's video and audio channels;
+two senders subscribed to those channels packetize H.264 (RFC 6184) and
+transcode the audio to the MAS codec, each over its own
+:class:`~wxmgw.rtp.session.RtpSession`. The MAS answers the audio
+symmetrically with this member's conference mix; the audio session receives
+it, and it is decoded onto the leg's :attr:`Rtmp2rtp.mix` channel, which a
+:class:`~wxmgw.legs.flvpush.FlvPublisher` pushes to ``pushAudioUrl``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
+import av.error
+import gevent
+
+from wxmgw.errors import WxmgwError
 from wxmgw.legs.base import Leg, LegContext
+from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AudioFrame, VideoFrame
+from wxmgw.media.rtmp_io import RtmpReader
+from wxmgw.media.transcode import AudioEncoder, CodecInfo, audio_codec
 from wxmgw.ports import PortPair
+from wxmgw.pubsub import MediaChannels, Subscription
 from wxmgw.requests import StartPull
+from wxmgw.rtp import rtcp
+from wxmgw.rtp.h264 import H264Packetizer
+from wxmgw.rtp.session import RtpSession, SendConfig
+
+#: RFC 6184 §8.2.1: H.264 RTP timestamps run at 90 kHz.
+VIDEO_CLOCK: Final = 90000
+#: Largest RTP payload sent: RTP/UDP/IP headers stay well inside a 1500-byte MTU.
+MAX_RTP_PAYLOAD: Final = 1200
+#: Audio arriving this much later than the sample counter expects is a gap in the source.
+AUDIO_GAP: Final = 0.2
+
+F = TypeVar("F", VideoFrame, AudioFrame)
+#: What a sender may raise on one bad frame: skipped and counted, the leg stays up.
+_FRAME_ERRORS: Final = (WxmgwError, av.error.FFmpegError, ValueError)
+
+
+class VideoSender:
+    """Access units to RTP on the MAS video port (RFC 6184 packetization-mode 1).
+
+    Timestamps are the frames' capture times (the FLV timeline) at 90 kHz
+    from the first frame sent, which is a keyframe: what comes before it
+    cannot be decoded. The packetizer puts the SPS and PPS in front of every
+    IDR; after a PLI or FIR from the MAS (RFC 4585 §6.3.1, RFC 5104 §4.3.1)
+    they also go in front of the next access unit, since a mini-program
+    cannot be asked for a keyframe.
+    """
+
+    def __init__(self, session: RtpSession) -> None:
+        self.session = session
+        self.frames = 0
+        self.skipped = 0
+        self.keyframe_requests = 0
+        self._packetizer = H264Packetizer(MAX_RTP_PAYLOAD)
+        self._start: float | None = None
+        self._resend = False
+
+    def send(self, frame: VideoFrame) -> None:
+        if self._start is None:
+            if not frame.keyframe:
+                self.skipped += 1
+                return
+            self._start = frame.ts
+        payloads = self._packetizer.packetize(
+            frame.nalus, None, None, frame.keyframe or self._resend
+        )
+        self._resend = False
+        timestamp = round((frame.ts - self._start) * VIDEO_CLOCK)
+        last = len(payloads) - 1
+        for i, payload in enumerate(payloads):
+            self.session.send(payload, timestamp, i == last, frame.ts)
+        self.frames += 1
+
+    def request_parameter_sets(self) -> bool:
+        """Re-send SPS/PPS with the next access unit; False if one is already pending."""
+        self.keyframe_requests += 1
+        pending, self._resend = self._resend, True
+        return not pending
+
+
+class AudioSender:
+    """20 ms PCM frames to RTP on the MAS audio port, encoded to the MAS codec.
+
+    Timestamps count samples (RFC 3550 §5.1: the sampling instant), one
+    packet's worth (``frame_samples_at_clock``) at a time, not arrival times.
+    When the source's timeline jumps ahead (a reconnect, a gap in the
+    stream), the counter jumps with it so RTP time stays on media time, and
+    the marker bit starts the new talkspurt (RFC 3551 §4.1); a jump back
+    re-anchors the counter without moving RTP time backwards.
+    """
+
+    def __init__(self, session: RtpSession, codec: CodecInfo) -> None:
+        self.session = session
+        self.frames = 0
+        self._encoder = AudioEncoder(codec.name)
+        self._step = codec.frame_samples_at_clock
+        self._start: float | None = None
+        self._packets = 0
+        self._marker = True
+
+    def send(self, frame: AudioFrame) -> None:
+        if self._start is None:
+            self._start = frame.ts
+        late = frame.ts - (self._start + self._packets * AUDIO_FRAME_SECONDS)
+        if late > AUDIO_GAP:
+            self._packets += round(late / AUDIO_FRAME_SECONDS)
+            self._marker = True
+        elif late < -AUDIO_GAP:
+            self._start += late
+        for payload in self._encoder.encode(frame.pcm):
+            self.session.send(payload, self._packets * self._step, self._marker, frame.ts)
+            self._packets += 1
+            self._marker = False
+        self.frames += 1
 
 
 class Rtmp2rtp(Leg):
+    """One mini-program in a conference: its stream to the MAS, the mix back to it.
+
+    With an empty ``masIp`` no RTP is sent: the stream is only published on
+    the uuid's channels, for the room's own mixer and for viewers on this
+    gateway. ``sync_uuid`` is the member whose video AvSync adds to the mix
+    stream.
+    """
+
     kind = "rtmp2rtp"
 
     def __init__(self, params: StartPull, ctx: LegContext) -> None:
@@ -18,12 +139,125 @@ class Rtmp2rtp(Leg):
         self.sync_uuid = ""
         self.audio_pair: PortPair | None = None
         self.video_pair: PortPair | None = None
+        self.channels: MediaChannels | None = None
+        self.video_out: VideoSender | None = None
+        self.audio_out: AudioSender | None = None
+        self._reader: RtmpReader | None = None
+        self._workers: list[gevent.Greenlet] = []
+        self._frames_in = {"video": 0, "audio": 0}
+        self._last_ts = {"video": 0.0, "audio": 0.0}
+        self._frame_errors = 0
+        self.last_error = ""
+
+    # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        if not self.params.mas_less:
+        p = self.params
+        self.channels = self.ctx.channels.open(p.uuid)
+        if not p.mas_less:
             self.audio_pair = self.allocate_pair()
             self.video_pair = self.allocate_pair()
+            self._start_senders(self.channels, self.audio_pair, self.video_pair)
+        self._reader = RtmpReader(
+            p.pull_url,
+            on_video=self._on_video,
+            on_audio=self._on_audio,
+            on_event=self._on_reader_event,
+            name=f"pull {p.uuid}",
+        )
+        self._reader.start()
         super().start()
+
+    def _start_senders(self, channels: MediaChannels, audio: PortPair, video: PortPair) -> None:
+        p = self.params
+        codec = audio_codec(p.audio.codec)
+        video_session = RtpSession(
+            video,
+            f"{p.uuid}/video",
+            remote=(p.mas_ip, p.video_port),
+            send=SendConfig(p.ssrc, p.video.payload_type, VIDEO_CLOCK),
+            on_feedback=self._on_video_feedback,
+            log=self.log,
+            cname=p.uuid,
+        )
+        audio_session = RtpSession(
+            audio,
+            f"{p.uuid}/audio",
+            remote=(p.mas_ip, p.audio_port),
+            send=SendConfig(p.ssrc, p.audio.payload_type, codec.clock_rate),
+            log=self.log,
+            cname=p.uuid,
+        )
+        self.video_out = VideoSender(video_session)
+        self.audio_out = AudioSender(audio_session, codec)
+        for session in (video_session, audio_session):
+            session.start()
+        self._workers = [
+            gevent.spawn(self._pump, channels.video.subscribe(name="rtp"), self.video_out.send),
+            gevent.spawn(self._pump, channels.audio.subscribe(name="rtp"), self.audio_out.send),
+        ]
+
+    def close_media(self) -> None:
+        """Stop sending first (nothing leaves after StopPull's reply), then the rest."""
+        for sender in (self.video_out, self.audio_out):
+            if sender is not None:
+                sender.session.close()
+        gevent.killall(self._workers, block=False)
+        # Let the sessions' killed read loops unwind now: gevent defers closing a
+        # socket a greenlet still waits on, and the ports must be free at the reply.
+        gevent.sleep(0)
+        self._workers = []
+        if self._reader is not None:
+            self._reader.close()
+            gevent.spawn(self._reader.join)  # the worker ends within its I/O timeout
+        self.ctx.channels.close(self.uuid)
+
+    # -- the pulled stream -----------------------------------------------------------
+
+    def _on_video(self, frame: VideoFrame) -> None:
+        assert self.channels is not None
+        self._frames_in["video"] += 1
+        self._last_ts["video"] = frame.ts
+        self.channels.video.publish(frame)
+
+    def _on_audio(self, frame: AudioFrame) -> None:
+        assert self.channels is not None
+        self._frames_in["audio"] += 1
+        self._last_ts["audio"] = frame.ts
+        self.channels.audio.publish(frame)
+
+    def _on_reader_event(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "connected":
+            self.log("pull_connected", **info)
+        elif kind == "disconnected":
+            self.last_error = str(info.get("error", ""))
+            self.log("pull_disconnected", logging.WARNING, **info)
+        elif kind == "unsupported_codec":
+            self.last_error = f"unsupported {info.get('kind')} codec {info.get('codec')}"
+            self.log("unsupported_codec", logging.ERROR, **info)
+
+    def _pump(self, sub: Subscription[F], send: Callable[[F], None]) -> None:
+        for frame in sub:
+            try:
+                send(frame)
+            except _FRAME_ERRORS as e:
+                self._frame_errors += 1
+                self.last_error = str(e) or type(e).__name__
+
+    # -- RTCP from the MAS -------------------------------------------------------------
+
+    def _on_video_feedback(self, packet: rtcp.RtcpPacket) -> None:
+        if self.video_out is None or not isinstance(packet, rtcp.Pli | rtcp.Fir):
+            return
+        if self.video_out.request_parameter_sets():
+            self.log(
+                "keyframe_requested",
+                by=type(packet).__name__.upper(),
+                action="resend SPS/PPS",
+                requests=self.video_out.keyframe_requests,
+            )
+
+    # -- reporting ---------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
         p = self.params
@@ -36,3 +270,28 @@ class Rtmp2rtp(Leg):
             "videoCodec": p.video.codec,
             "syncUuid": self.sync_uuid,
         }
+
+    def stats(self) -> dict[str, Any]:
+        """Frames in, RTP out, reconnects, RTCP seen, errors and the A/V offset."""
+        out: dict[str, Any] = {"framesIn": dict(self._frames_in)}
+        if self._reader is not None:
+            r = self._reader.stats
+            out.update(reconnects=r.reconnects, readErrors=r.errors)
+        if all(self._frames_in.values()):
+            offset = self._last_ts["audio"] - self._last_ts["video"]
+            out["avOffsetMs"] = round(offset * 1000)
+        for name, sender in (("video", self.video_out), ("audio", self.audio_out)):
+            if sender is not None:
+                s = sender.session.stats
+                out[f"{name}Rtp"] = {
+                    "frames": sender.frames,
+                    "packets": s.packets_sent,
+                    "bytes": s.bytes_sent,
+                    "rtcpIn": s.rtcp_received,
+                    "pli": s.pli_received,
+                    "fir": s.fir_received,
+                }
+        out["frameErrors"] = self._frame_errors
+        reader_error = self._reader.stats.last_error if self._reader else ""
+        out["lastError"] = self.last_error or reader_error
+        return out
