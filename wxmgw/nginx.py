@@ -59,12 +59,13 @@ def render_nginx_conf(
 ) -> Path:
     """Write ``workdir/nginx.conf`` from the template and return its path.
 
-    With ``notify_url``, nginx-rtmp POSTs publish/play start and end to it
-    (form field ``call`` tells which); without it the hooks are left out.
+    With ``notify_url`` (the callroute front's ``.../rtmp``), nginx-rtmp asks
+    ``<notify_url>/on_publish`` and ``<notify_url>/on_play`` before it lets a
+    stream be published or played; without it the hooks are left out.
     """
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    hooks = ("on_publish", "on_publish_done", "on_play", "on_play_done")
+    hooks = ("on_publish", "on_play")
     values = {
         "@RTMP_MODULE@": str(rtmp_module_path()),
         "@WORKDIR@": str(workdir),
@@ -72,7 +73,7 @@ def render_nginx_conf(
         "@HTTP_PORT@": str(http_port),
     }
     for hook in hooks:
-        values[f"@{hook.upper()}@"] = f"{hook} {notify_url};" if notify_url else ""
+        values[f"@{hook.upper()}@"] = f"{hook} {notify_url}/{hook};" if notify_url else ""
     text = template.read_text()
     for name, value in values.items():
         text = text.replace(name, value)
