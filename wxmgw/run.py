@@ -27,7 +27,8 @@ wxmgw is running (logs: {work}/*.log).
   callroute front http://127.0.0.1:{front}/
 
 Join conference 123 as a mini-program:
-  curl -s -d '{{"id":"1","uuid":"alice","method":"wxjoinconf","params":{{"confId":"123","crgwid":"53001"}}}}' http://127.0.0.1:{front}/
+  curl -s http://127.0.0.1:{front}/ -d '{{"id":"1","uuid":"alice","method":"wxjoinconf",
+      "params":{{"confId":"123","crgwid":"53001"}}}}'
 Publish as the mini-program to the reply's "pushurl":
   ffmpeg -re -f lavfi -i testsrc=size=320x240:rate=25 -f lavfi -i sine=f=440 \\
       -c:v libx264 -profile:v baseline -tune zerolatency -g 25 -pix_fmt yuv420p \\
@@ -35,9 +36,11 @@ Publish as the mini-program to the reply's "pushurl":
 Hear the conference at the reply's "pullaudiourl":
   ffplay <pullaudiourl>        (or: ffmpeg -i <pullaudiourl> -f null -)
 Ask for another member's video with its "audiossrc" (wxreqvideo / wxreqavsync):
-  curl -s -d '{{"id":"2","uuid":"alice","method":"wxreqavsync","params":{{"confId":"123","antissrc":"<ssrc>","seq":"1","type":"1"}}}}' http://127.0.0.1:{front}/
+  curl -s http://127.0.0.1:{front}/ -d '{{"id":"2","uuid":"alice","method":"wxreqavsync",
+      "params":{{"confId":"123","antissrc":"<ssrc>","seq":"1","type":"1"}}}}'
 Leave:
-  curl -s -d '{{"id":"3","uuid":"alice","method":"wxquitconf","params":{{"confId":"123"}}}}' http://127.0.0.1:{front}/
+  curl -s http://127.0.0.1:{front}/ -d '{{"id":"3","uuid":"alice","method":"wxquitconf",
+      "params":{{"confId":"123"}}}}'
 Ctrl-C stops everything.
 """
 
@@ -46,7 +49,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[3] if len(proc.args) > 3 else proc.args} exited early")
+            raise SystemExit(f"{proc.args!r} exited early, before {url} answered")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
