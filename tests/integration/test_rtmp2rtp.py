@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def stream(live: NginxRtmp) -> Iterator[Publisher]:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path_factory.mktemp("gw"))
+    gw = GatewayProcess(tmp_path_factory.mktemp("gw"), extra=["--stats-interval", "2"])
     yield gw
     assert gw.stop() == 0
 
@@ -198,9 +199,9 @@ class MasPeer:
             gevent.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
 
     def send_pli(self, sender_ssrc: int = 0x4D4153) -> None:
-        assert self.video.rtcp_source is not None or self.video.source is not None
+        assert self.video.source is not None
         media_ssrc = self.video.packets[-1].ssrc
-        host, port = self.video.source or ("127.0.0.1", 0)
+        host, port = self.video.source
         self.video.ctrl.sendto(
             rtcp.compound([rtcp.Pli(sender_ssrc, media_ssrc)]), (host, port + 1)
         )
@@ -274,14 +275,15 @@ def gst_audio(out: Path, codec: str) -> Gst:
     )
 
 
+def is_idr(p: RtpPacket) -> bool:
+    """Whether an RTP payload carries (the start of) an IDR slice (RFC 6184 §5.6, §5.8)."""
+    kind = p.payload[0] & 0x1F
+    return kind == NAL_IDR or (kind == 28 and p.payload[1] & 0x9F == 0x80 | NAL_IDR)
+
+
 def frames_after_first_idr(packets: list[RtpPacket]) -> int:
     """Access units sent from the first one carrying an IDR (single NAL or FU-A start)."""
-    first = None
-    for i, p in enumerate(packets):
-        kind = p.payload[0] & 0x1F
-        if kind == NAL_IDR or (kind == 28 and p.payload[1] & 0x80 and p.payload[1] & 0x1F == 5):
-            first = i
-            break
+    first = next((i for i, p in enumerate(packets) if is_idr(p)), None)
     assert first is not None, "no IDR sent"
     # The whole access unit: back up over the packets of the same timestamp (SPS/PPS).
     while first > 0 and packets[first - 1].timestamp == packets[first].timestamp:
@@ -312,20 +314,26 @@ def leg_state(gw: GatewayProcess, uuid: str) -> dict[str, Any]:
 
 def stop_pull_and_check_silence(client: Any, gw: GatewayProcess, uuid: str,
                                 mas: MasPeer) -> None:
-    """StopPull; right after the reply the leg's ports can be bound (its sockets are
+    stop_pulls_and_check_silence(client, gw, {uuid: mas})
+
+
+def stop_pulls_and_check_silence(client: Any, gw: GatewayProcess,
+                                 legs: dict[str, MasPeer]) -> None:
+    """StopPull; right after each reply the leg's ports can be bound (its sockets are
     closed, so nothing can leave them), and no more packets arrive."""
-    ports = leg_state(gw, uuid)["ports"]
-    assert len(ports) == 2
-    r = client.StopPull(tpy.StopPullReq(uuid=uuid, confId="conf1"))
-    assert r.code == 0, r.message
-    for port in ports:
-        for p in (port, port + 1):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("0.0.0.0", p))
-    gevent.sleep(0.2)  # what was in flight before the reply
-    counts = len(mas.video.packets), len(mas.audio.packets)
+    for uuid in legs:
+        ports = leg_state(gw, uuid)["ports"]
+        assert len(ports) == 2
+        r = client.StopPull(tpy.StopPullReq(uuid=uuid, confId="conf1"))
+        assert r.code == 0, r.message
+        for port in ports:
+            for p in (port, port + 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("0.0.0.0", p))
+    gevent.sleep(0.2)  # what was in flight before the replies
+    counts = [(len(m.video.packets), len(m.audio.packets)) for m in legs.values()]
     gevent.sleep(1.0)
-    assert (len(mas.video.packets), len(mas.audio.packets)) == counts
+    assert [(len(m.video.packets), len(m.audio.packets)) for m in legs.values()] == counts
 
 
 # -- tests ----------------------------------------------------------------------------------
@@ -358,3 +366,126 @@ def test_pull_to_rtp_decodes_without_sdp(codec: str, stream: Publisher, gateway:
     steps = {(b.timestamp - a.timestamp) & 0xFFFFFFFF
              for a, b in zip(mas.audio.packets, mas.audio.packets[1:], strict=False)}
     assert steps == {step}  # a sample counter: 20 ms per packet, whatever the arrival
+
+
+def play_audio(url: str, seconds: float, out: Path) -> np.ndarray:
+    """What a player of ``url`` hears in ``seconds`` of stream, as 48 kHz mono PCM."""
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-rw_timeout", "5000000",
+         "-i", url, "-t", str(seconds), "-vn", "-f", "s16le", "-ac", "1", "-ar", str(AUDIO_RATE),
+         "-y", str(out)],
+        check=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    return np.frombuffer(out.read_bytes(), np.int16)
+
+
+def has_sender_report(stream: Stream) -> bool:
+    return any(isinstance(p, rtcp.SenderReport) for p in stream.rtcp_in)
+
+
+def has_packets(stream: Stream, count: int) -> bool:
+    return len(stream.packets) > count
+
+
+def access_units(packets: list[RtpPacket]) -> list[list[RtpPacket]]:
+    units: list[list[RtpPacket]] = []
+    for p in packets:
+        if units and units[-1][-1].timestamp == p.timestamp:
+            units[-1].append(p)
+        else:
+            units.append([p])
+    return units
+
+
+def test_mix_comes_back_to_push_audio_url(stream: Publisher, live: NginxRtmp,
+                                          gateway: GatewayProcess, client: Any, mas: MasPeer,
+                                          tmp_path: Path) -> None:
+    uuid, mix = "mp-mix", "mix-of-mp"
+    start_pull(client, uuid, stream.url, mas, "PCMA", push_audio_url=live.rtmp_url(mix))
+    wait_for(lambda: mas.audio.source is not None, what="audio RTP")
+    answer = mas.answer("PCMA", MIX_HZ)
+    wait_for(lambda: live.is_publishing(mix), what="mix stream published")
+
+    heard = play_audio(live.rtmp_url(mix), 2.0, tmp_path / "mix.raw")
+    assert len(heard) >= 1.9 * AUDIO_RATE
+    assert abs(dominant_hz(heard[-AUDIO_RATE:]) - MIX_HZ) < 10
+
+    answer.kill()  # the MAS goes quiet: the player still gets a continuous stream, of silence
+    quiet = play_audio(live.rtmp_url(mix), 2.0, tmp_path / "quiet.raw")
+    assert len(quiet) >= 1.9 * AUDIO_RATE
+    assert np.abs(quiet[AUDIO_RATE // 2:].astype(np.int32)).max() < 300
+    stats = leg_state(gateway, uuid)["stats"]
+    assert stats["mixIn"]["packets"] > 50 and stats["mixOut"]["silence_frames"] > 50
+
+    # RTCP: a PLI brings SPS/PPS with the next access unit; sender reports on port + 1.
+    sent_before = len(mas.video.packets)
+    mas.send_pli()
+    wait_for(lambda: any(e["uuid"] == uuid for e in gateway.events("keyframe_requested")),
+             what="PLI handled")
+    wait_for(lambda: len(access_units(mas.video.packets[sent_before:])) >= 4, what="more video")
+    units = access_units(mas.video.packets[sent_before:])[:4]
+    assert any(u[0].payload[0] & 0x1F == 7 and not any(is_idr(p) for p in u)
+               for u in units), "no SPS in front of a non-IDR picture after the PLI"
+    assert leg_state(gateway, uuid)["stats"]["videoRtp"]["pli"] == 1
+    for s in (mas.video, mas.audio):
+        wait_for(partial(has_sender_report, s), timeout=10, what="sender report")
+        sr = next(p for p in s.rtcp_in if isinstance(p, rtcp.SenderReport))
+        assert sr.ssrc == 0x1234ABCD and sr.packet_count > 0
+
+    logged = [e for e in gateway.events("leg_stats") if e["uuid"] == uuid]
+    assert logged and logged[-1]["audioRtp"]["packets"] > 0 and "avOffsetMs" in logged[-1]
+
+    stop_pull_and_check_silence(client, gateway, uuid, mas)
+    wait_for(lambda: not live.is_publishing(mix), what="mix publication closed")
+
+
+def test_live_server_restart_resumes_without_new_start_pull(
+        stream: Publisher, live: NginxRtmp, gateway: GatewayProcess, client: Any,
+        mas: MasPeer) -> None:
+    uuid = "mp-restart"
+    start_pull(client, uuid, stream.url, mas)
+    wait_for(lambda: len(mas.audio.packets) > 25 and len(mas.video.packets) > 25, what="media")
+    live.restart()  # kills every RTMP session, the publisher's too
+    restarted = time.monotonic()
+    stream.stop()
+    stream.start()
+    gevent.sleep(0.1)
+    counts = len(mas.video.packets), len(mas.audio.packets)
+    wait_for(lambda: len(mas.video.packets) > counts[0] + 25
+             and len(mas.audio.packets) > counts[1] + 25, what="media after the restart")
+    resumed = time.monotonic() - restarted
+    assert resumed < 5.0, f"media resumed {resumed:.1f} s after the restart"
+    assert leg_state(gateway, uuid)["stats"]["reconnects"] >= 1
+    stop_pull_and_check_silence(client, gateway, uuid, mas)
+
+
+def test_bad_media_is_reported_and_the_rest_flows(live: NginxRtmp, gateway: GatewayProcess,
+                                                  client: Any) -> None:
+    # stream: (publisher options, what must flow, the unsupported codec reported)
+    cases: dict[str, tuple[dict[str, Any], str, str | None]] = {
+        "h264-mp3": (dict(acodec="libmp3lame"), "video", "mp3"),
+        "flv1-aac": (dict(vcodec="flv"), "audio", "flv1"),
+        "audio-only": (dict(video=False), "audio", None),
+        "video-only": (dict(audio=False), "video", None),
+    }
+    pubs = [Publisher(live, name, **opts).start() for name, (opts, _, _) in cases.items()]
+    peers = {name: MasPeer() for name in cases}
+    try:
+        for name in cases:
+            start_pull(client, f"mp-{name}", live.rtmp_url(name), peers[name])
+        for name, (_, flows, _) in cases.items():
+            got: Stream = getattr(peers[name], flows)
+            wait_for(partial(has_packets, got, 25), what=f"{flows} of {name}")
+        reported = {(e["uuid"], e["codec"]) for e in gateway.events("unsupported_codec")}
+        for name, (_, _, codec) in cases.items():
+            if codec:
+                assert (f"mp-{name}", codec) in reported
+            leg = leg_state(gateway, f"mp-{name}")
+            assert leg["state"] == "running"
+        assert "unsupported" in leg_state(gateway, "mp-h264-mp3")["stats"]["lastError"]
+        stop_pulls_and_check_silence(client, gateway, {f"mp-{n}": peers[n] for n in cases})
+    finally:
+        for pub in pubs:
+            pub.stop()
+        for peer in peers.values():
+            peer.close()

@@ -21,15 +21,17 @@ import gevent
 
 from wxmgw.errors import WxmgwError
 from wxmgw.legs.base import Leg, LegContext
+from wxmgw.legs.flvpush import FlvPublisher
 from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AudioFrame, VideoFrame
 from wxmgw.media.rtmp_io import RtmpReader
-from wxmgw.media.transcode import AudioEncoder, CodecInfo, audio_codec
+from wxmgw.media.transcode import AudioDecoder, AudioEncoder, CodecInfo, PcmFramer, audio_codec
 from wxmgw.ports import PortPair
-from wxmgw.pubsub import MediaChannels, Subscription
+from wxmgw.pubsub import Channel, MediaChannels, Subscription
 from wxmgw.requests import StartPull
 from wxmgw.rtp import rtcp
 from wxmgw.rtp.h264 import H264Packetizer
-from wxmgw.rtp.session import RtpSession, SendConfig
+from wxmgw.rtp.jitter import Gap
+from wxmgw.rtp.session import Media, ReceiveConfig, RtpSession, SendConfig
 
 #: RFC 6184 §8.2.1: H.264 RTP timestamps run at 90 kHz.
 VIDEO_CLOCK: Final = 90000
@@ -122,13 +124,49 @@ class AudioSender:
         self.frames += 1
 
 
+class MixReceiver:
+    """The conference mix the MAS sends back, decoded to 20 ms frames on a channel.
+
+    The session has already reordered the packets (its jitter buffer) and
+    reports losses as gaps; a lost or undecodable packet is simply missing,
+    the FLV side fills what is missing with silence. Frames carry the
+    packets' capture times as the session's timeline maps them.
+    """
+
+    def __init__(self, codec: CodecInfo, out: Channel[AudioFrame]) -> None:
+        self.out = out
+        self.session: RtpSession | None = None
+        self.packets = 0
+        self.lost = 0
+        self.undecodable = 0
+        self._decoder = AudioDecoder(codec.name)
+        self._framer = PcmFramer()
+
+    def on_media(self, media: Media) -> None:
+        assert self.session is not None
+        for item in media:
+            if isinstance(item, Gap):
+                self.lost += item.count
+                continue
+            self.packets += 1
+            try:
+                pcm = self._decoder.decode(item.payload)
+            except WxmgwError:
+                self.undecodable += 1
+                continue
+            ts = self.session.capture_time(item.timestamp)
+            for i, chunk in enumerate(self._framer.push(pcm)):
+                self.out.publish(AudioFrame(chunk, ts + i * AUDIO_FRAME_SECONDS))
+
+
 class Rtmp2rtp(Leg):
     """One mini-program in a conference: its stream to the MAS, the mix back to it.
 
     With an empty ``masIp`` no RTP is sent: the stream is only published on
     the uuid's channels, for the room's own mixer and for viewers on this
     gateway. ``sync_uuid`` is the member whose video AvSync adds to the mix
-    stream.
+    stream. :attr:`mix` is the audio pushed to ``pushAudioUrl``: the MAS's
+    mix decoded, or what a room mixer publishes on it.
     """
 
     kind = "rtmp2rtp"
@@ -142,6 +180,9 @@ class Rtmp2rtp(Leg):
         self.channels: MediaChannels | None = None
         self.video_out: VideoSender | None = None
         self.audio_out: AudioSender | None = None
+        self.mix: Channel[AudioFrame] = Channel(f"{params.uuid}/mix")
+        self.mix_in: MixReceiver | None = None
+        self._mix_out: FlvPublisher | None = None
         self._reader: RtmpReader | None = None
         self._workers: list[gevent.Greenlet] = []
         self._frames_in = {"video": 0, "audio": 0}
@@ -158,6 +199,11 @@ class Rtmp2rtp(Leg):
             self.audio_pair = self.allocate_pair()
             self.video_pair = self.allocate_pair()
             self._start_senders(self.channels, self.audio_pair, self.video_pair)
+        if p.push_audio_url:
+            self._mix_out = FlvPublisher(
+                p.push_audio_url, audio=self.mix, video=None, log=self.log, name=f"mix {p.uuid}"
+            )
+            self._mix_out.start()
         self._reader = RtmpReader(
             p.pull_url,
             on_video=self._on_video,
@@ -171,6 +217,10 @@ class Rtmp2rtp(Leg):
     def _start_senders(self, channels: MediaChannels, audio: PortPair, video: PortPair) -> None:
         p = self.params
         codec = audio_codec(p.audio.codec)
+        receive = None
+        if p.push_audio_url:
+            self.mix_in = MixReceiver(codec, self.mix)
+            receive = ReceiveConfig(p.audio.payload_type, codec.clock_rate)
         video_session = RtpSession(
             video,
             f"{p.uuid}/video",
@@ -185,9 +235,13 @@ class Rtmp2rtp(Leg):
             f"{p.uuid}/audio",
             remote=(p.mas_ip, p.audio_port),
             send=SendConfig(p.ssrc, p.audio.payload_type, codec.clock_rate),
+            receive=receive,
+            on_media=self.mix_in.on_media if self.mix_in else None,
             log=self.log,
             cname=p.uuid,
         )
+        if self.mix_in is not None:
+            self.mix_in.session = audio_session
         self.video_out = VideoSender(video_session)
         self.audio_out = AudioSender(audio_session, codec)
         for session in (video_session, audio_session):
@@ -198,7 +252,7 @@ class Rtmp2rtp(Leg):
         ]
 
     def close_media(self) -> None:
-        """Stop sending first (nothing leaves after StopPull's reply), then the rest."""
+        """Stop both directions: RTP first (nothing leaves after StopPull's reply)."""
         for sender in (self.video_out, self.audio_out):
             if sender is not None:
                 sender.session.close()
@@ -210,6 +264,9 @@ class Rtmp2rtp(Leg):
         if self._reader is not None:
             self._reader.close()
             gevent.spawn(self._reader.join)  # the worker ends within its I/O timeout
+        if self._mix_out is not None:
+            self._mix_out.close()
+        self.mix.close()
         self.ctx.channels.close(self.uuid)
 
     # -- the pulled stream -----------------------------------------------------------
@@ -291,6 +348,11 @@ class Rtmp2rtp(Leg):
                     "pli": s.pli_received,
                     "fir": s.fir_received,
                 }
+        if self.mix_in is not None:
+            m = self.mix_in
+            out["mixIn"] = {"packets": m.packets, "lost": m.lost, "undecodable": m.undecodable}
+        if self._mix_out is not None:
+            out["mixOut"] = self._mix_out.stats()
         out["frameErrors"] = self._frame_errors
         reader_error = self._reader.stats.last_error if self._reader else ""
         out["lastError"] = self.last_error or reader_error
