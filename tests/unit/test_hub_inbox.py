@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-
 import gevent
+from gevent import monkey
 from gevent.threadpool import ThreadPool
 
 from wxmgw.media.rtmp_io import Backoff, HubInbox, _Wakeup
@@ -30,11 +29,13 @@ def test_inbox_runs_posts_from_threads_on_the_hub_in_order() -> None:
     inbox = HubInbox("test")
     pool = ThreadPool(2)
     got: list[tuple[int, int]] = []
-    hub_thread = threading.get_ident()
+    # The OS thread, not the greenlet: the suite may run monkey-patched.
+    get_ident = monkey.get_original("_thread", "get_ident")
+    hub_thread = get_ident()
     threads: list[int] = []
 
     def record(i: int) -> None:
-        threads.append(threading.get_ident())
+        threads.append(get_ident())
         got.append((i, len(got)))
 
     def worker() -> None:
