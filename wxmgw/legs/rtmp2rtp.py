@@ -22,7 +22,13 @@ import gevent
 from wxmgw.errors import WxmgwError
 from wxmgw.legs.base import Leg, LegContext
 from wxmgw.legs.flvpush import FlvPublisher
-from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AudioFrame, VideoFrame
+from wxmgw.media.frames import (
+    AUDIO_FRAME_SAMPLES,
+    AUDIO_FRAME_SECONDS,
+    AUDIO_RATE,
+    AudioFrame,
+    VideoFrame,
+)
 from wxmgw.media.rtmp_io import RtmpReader
 from wxmgw.media.transcode import AudioDecoder, AudioEncoder, CodecInfo, PcmFramer, audio_codec
 from wxmgw.ports import PortPair
@@ -141,6 +147,7 @@ class MixReceiver:
         self.undecodable = 0
         self._decoder = AudioDecoder(codec.name)
         self._framer = PcmFramer()
+        self._held = 0  # samples the framer holds, from before the packet being decoded
 
     def on_media(self, media: Media) -> None:
         assert self.session is not None
@@ -154,9 +161,10 @@ class MixReceiver:
             except WxmgwError:
                 self.undecodable += 1
                 continue
-            ts = self.session.capture_time(item.timestamp)
+            start = self.session.capture_time(item.timestamp) - self._held / AUDIO_RATE
+            self._held = (self._held + len(pcm)) % AUDIO_FRAME_SAMPLES
             for i, chunk in enumerate(self._framer.push(pcm)):
-                self.out.publish(AudioFrame(chunk, ts + i * AUDIO_FRAME_SECONDS))
+                self.out.publish(AudioFrame(chunk, start + i * AUDIO_FRAME_SECONDS))
 
 
 class Rtmp2rtp(Leg):
