@@ -1,12 +1,44 @@
-"""Rtp2rtmp: a conference member's RTP from the MAS to an RTMP stream mini-programs play."""
+"""Rtp2rtmp: a conference member's RTP from the MAS to an RTMP stream mini-programs play.
+
+Two receive-only :class:`~wxmgw.rtp.session.RtpSession` s, one per allocated
+port pair, learn the MAS's address from the first packet. Video is
+depacketized (RFC 6184) into access units on the member's video channel;
+audio is decoded to 20 ms PCM frames on its audio channel; an
+:class:`~wxmgw.legs.flvpush.FlvPublisher` subscribed to both pushes them to
+``pushUrl``. Both streams share one :class:`~wxmgw.rtp.session.ClockOffset`,
+so the frames' capture times (from the MAS's sender reports, from arrival
+before the first one) put audio and video on one timeline.
+
+A keyframe is asked for (PLI + FIR, rate-limited by the session) while the
+depacketizer has none to give: when video starts and after a loss broke a
+frame, and when a subscriber of the video channel finds no GOP cached.
+
+``weixin``: the member is a mini-program pulled by this gateway. Its own
+Rtmp2rtp's video channel is republished as is, with no port and no MAS
+round trip. The audio of that stream is silence: the viewer hears the member
+in the conference mix already, and would hear it twice otherwise.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import gevent
+
+from wxmgw.errors import MediaError, NoLocalSource
 from wxmgw.legs.base import Leg, LegContext
+from wxmgw.legs.flvpush import FlvPublisher
+from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AUDIO_RATE, AudioFrame, VideoFrame
+from wxmgw.media.transcode import AudioDecoder, PcmFramer, audio_codec
 from wxmgw.ports import PortPair
-from wxmgw.requests import StartPush
+from wxmgw.pubsub import Channel, MediaChannels
+from wxmgw.requests import RtpTarget, StartPush
+from wxmgw.rtp.h264 import H264Depacketizer
+from wxmgw.rtp.jitter import Gap
+from wxmgw.rtp.session import ClockOffset, Media, ReceiveConfig, RtpSession, Timeline
+
+VIDEO_CLOCK_RATE = 90000
 
 
 class Rtp2rtmp(Leg):
@@ -18,12 +50,47 @@ class Rtp2rtmp(Leg):
         self.requesters: set[str] = set()
         self.audio_pair: PortPair | None = None
         self.video_pair: PortPair | None = None
+        self.audio: AudioReceiver | None = None
+        self.video: VideoReceiver | None = None
+        self.publisher: FlvPublisher | None = None
+        self._silence: Channel[AudioFrame] | None = None
 
     def start(self) -> None:
-        if not self.params.weixin:
+        p = self.params
+        if p.weixin:
+            source = self.ctx.channels.get(p.uuid)
+            if source is None:
+                raise NoLocalSource(f"mini-program {p.uuid} publishes no channels here")
+            self._silence = Channel(f"{p.uuid}/silence")
+            self.publisher = self._publisher(self._silence, source.video)
+        else:
             self.audio_pair = self.allocate_pair()
             self.video_pair = self.allocate_pair()
+            channels = self.ctx.channels.open(p.uuid)
+            offset = ClockOffset()
+            self.video = VideoReceiver(self.video_pair, channels, offset, p.video, self.log)
+            self.audio = AudioReceiver(self.audio_pair, channels, offset, p.audio, self.log)
+            self.publisher = self._publisher(channels.audio, channels.video)
+            self.video.start()
+            self.audio.start()
+        self.publisher.start()
         super().start()
+
+    def _publisher(self, audio: Channel[AudioFrame], video: Channel[VideoFrame]) -> FlvPublisher:
+        return FlvPublisher(
+            self.params.push_url, audio=audio, video=video, log=self.log,
+            name=f"rtp2rtmp/{self.uuid}",
+        )
+
+    def close_media(self) -> None:
+        for part in (self.audio, self.video, self.publisher, self._silence):
+            if part is not None:
+                part.close()
+        if not self.params.weixin:
+            self.ctx.channels.close(self.uuid)
+            # Let the sessions' readers die now: gevent defers closing a socket a
+            # greenlet still waits on, and the ports must be free when StopPush replies.
+            gevent.sleep(0)
 
     @property
     def rtp_ports(self) -> tuple[int, int]:
@@ -41,3 +108,174 @@ class Rtp2rtmp(Leg):
             "videoCodec": p.video.codec,
             "requesters": sorted(self.requesters),
         }
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.audio is not None:
+            out["audio"] = self.audio.stats()
+        if self.video is not None:
+            out["video"] = self.video.stats()
+        if self.publisher is not None:
+            out["push"] = self.publisher.stats()
+        return out
+
+
+class _Receiver:
+    """One incoming RTP stream of the member: its session and reception counters."""
+
+    def __init__(self, session: RtpSession) -> None:
+        self.session = session
+
+    def start(self) -> None:
+        self.session.start()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _restart_timeline(self, media: Media) -> None:
+        """A new SSRC (``Gap(reset=True)``) has a timeline of its own: map it afresh."""
+        timeline = self.session.timeline
+        if timeline is not None and any(isinstance(m, Gap) and m.reset for m in media):
+            self.session.timeline = Timeline(timeline.clock_rate, timeline.offset)
+
+    def stats(self) -> dict[str, Any]:
+        """Packets, loss, RFC 3550 §A.8 jitter, reordering, and what the session dropped."""
+        s = self.session.stats
+        out: dict[str, Any] = {
+            "packets": s.packets_received,
+            "bytes": s.bytes_received,
+            "wrong_source": s.wrong_source,
+            "wrong_payload_type": s.wrong_payload_type,
+            "malformed": s.malformed,
+            "sr_received": s.sr_received,
+        }
+        jitter = self.session.jitter
+        if jitter is not None:
+            j = jitter.stats
+            out.update(
+                lost=j.lost,
+                jitter_ms=round(j.jitter_seconds * 1000, 2),
+                reordered=j.reordered,
+                duplicates=j.duplicates,
+                late=j.late,
+                resets=j.resets,
+            )
+        return out
+
+
+class VideoReceiver(_Receiver):
+    """H.264 RTP -> access units on the member's video channel."""
+
+    def __init__(
+        self,
+        pair: PortPair,
+        channels: MediaChannels,
+        offset: ClockOffset,
+        target: RtpTarget,
+        log: Callable[..., None],
+    ) -> None:
+        super().__init__(
+            RtpSession(
+                pair, "video", receive=ReceiveConfig(target.payload_type, VIDEO_CLOCK_RATE),
+                on_media=self._on_media, offset=offset, log=log,
+            )
+        )
+        self.channel = channels.video
+        self.depacketizer = H264Depacketizer()
+        self.channel.on_keyframe_needed = self._keyframe_needed
+
+    def close(self) -> None:
+        self.channel.on_keyframe_needed = None
+        super().close()
+
+    def _keyframe_needed(self) -> None:
+        self.session.request_keyframe()
+
+    def _on_media(self, media: Media) -> None:
+        self._restart_timeline(media)
+        depacketizer = self.depacketizer
+        for item in media:
+            if isinstance(item, Gap):
+                depacketizer.lost()
+                continue
+            au = depacketizer.push(item.payload, item.timestamp, item.marker)
+            if au is not None:
+                ts = self.session.capture_time(au.timestamp)
+                self.channel.publish(VideoFrame(au.nalus, ts, au.keyframe))
+        if depacketizer.needs_keyframe:
+            self.session.request_keyframe()
+
+    def stats(self) -> dict[str, Any]:
+        d = self.depacketizer.stats
+        s = self.session.stats
+        return {
+            **super().stats(),
+            "frames": d.access_units,
+            "dropped_frames": d.dropped_units,
+            "pli_sent": s.pli_sent,
+            "fir_sent": s.fir_sent,
+        }
+
+
+class AudioReceiver(_Receiver):
+    """RTP audio (PCMA, PCMU, G.722, Opus) -> 20 ms PCM frames on the member's audio channel.
+
+    Frames are stamped from the RTP timeline: the samples continue the
+    previous ones unless a packet's capture time is more than half a frame
+    away from where the count puts it (loss, a new source), then the count
+    restarts there.
+    """
+
+    def __init__(
+        self,
+        pair: PortPair,
+        channels: MediaChannels,
+        offset: ClockOffset,
+        target: RtpTarget,
+        log: Callable[..., None],
+    ) -> None:
+        self.codec = audio_codec(target.codec)
+        super().__init__(
+            RtpSession(
+                pair, "audio", receive=ReceiveConfig(target.payload_type, self.codec.clock_rate),
+                on_media=self._on_media, offset=offset, log=log,
+            )
+        )
+        self.channel = channels.audio
+        self.decoder = AudioDecoder(self.codec.name)
+        self.framer = PcmFramer()
+        self._next_ts: float | None = None  # capture time of the next frame out
+        self._pending = 0  # samples in the framer
+        self.frames = 0
+        self.decode_errors = 0
+
+    def _on_media(self, media: Media) -> None:
+        self._restart_timeline(media)
+        for item in media:
+            if isinstance(item, Gap):
+                continue
+            try:
+                pcm = self.decoder.decode(item.payload)
+            except MediaError:
+                self.decode_errors += 1
+                continue
+            start = self.session.capture_time(item.timestamp)
+            if self._next_ts is None or abs(
+                self._next_ts + self._pending / AUDIO_RATE - start
+            ) > AUDIO_FRAME_SECONDS / 2:
+                self._next_ts = start - self._pending / AUDIO_RATE
+            self._pending += len(pcm)
+            for chunk in self.framer.push(pcm):
+                self.channel.publish(AudioFrame(chunk, self._next_ts))
+                self._next_ts += len(chunk) / AUDIO_RATE
+                self._pending -= len(chunk)
+                self.frames += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **super().stats(),
+            "codec": self.codec.name,
+            "frames": self.frames,
+            "decode_errors": self.decode_errors,
+        }
+
