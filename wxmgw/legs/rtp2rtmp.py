@@ -24,8 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import gevent
-
 from wxmgw.errors import MediaError, NoLocalSource
 from wxmgw.legs.base import Leg, LegContext
 from wxmgw.legs.flvpush import FlvPublisher
@@ -36,7 +34,7 @@ from wxmgw.pubsub import Channel, MediaChannels
 from wxmgw.requests import RtpTarget, StartPush
 from wxmgw.rtp.h264 import H264Depacketizer
 from wxmgw.rtp.jitter import Gap
-from wxmgw.rtp.session import ClockOffset, Media, ReceiveConfig, RtpSession, Timeline
+from wxmgw.rtp.session import ClockOffset, Media, ReceiveConfig, RtpSession
 
 VIDEO_CLOCK_RATE = 90000
 
@@ -88,9 +86,6 @@ class Rtp2rtmp(Leg):
                 part.close()
         if not self.params.weixin:
             self.ctx.channels.close(self.uuid)
-            # Let the sessions' readers die now: gevent defers closing a socket a
-            # greenlet still waits on, and the ports must be free when StopPush replies.
-            gevent.sleep(0)
 
     @property
     def rtp_ports(self) -> tuple[int, int]:
@@ -131,12 +126,6 @@ class _Receiver:
 
     def close(self) -> None:
         self.session.close()
-
-    def _restart_timeline(self, media: Media) -> None:
-        """A new SSRC (``Gap(reset=True)``) has a timeline of its own: map it afresh."""
-        timeline = self.session.timeline
-        if timeline is not None and any(isinstance(m, Gap) and m.reset for m in media):
-            self.session.timeline = Timeline(timeline.clock_rate, timeline.offset)
 
     def stats(self) -> dict[str, Any]:
         """Packets, loss, RFC 3550 §A.8 jitter, reordering, and what the session dropped."""
@@ -192,7 +181,6 @@ class VideoReceiver(_Receiver):
         self.session.request_keyframe()
 
     def _on_media(self, media: Media) -> None:
-        self._restart_timeline(media)
         depacketizer = self.depacketizer
         for item in media:
             if isinstance(item, Gap):
@@ -250,7 +238,6 @@ class AudioReceiver(_Receiver):
         self.decode_errors = 0
 
     def _on_media(self, media: Media) -> None:
-        self._restart_timeline(media)
         for item in media:
             if isinstance(item, Gap):
                 continue

@@ -189,10 +189,15 @@ class RtpSession:
             self._greenlets.append(gevent.spawn(self._read_rtp))
 
     def close(self) -> None:
-        """Stop sending and reading at once; the sockets belong to the pair's owner."""
+        """Stop sending and reading at once; the sockets belong to the pair's owner.
+
+        The readers are gone when this returns (unless it is called from one of
+        them): gevent defers closing a socket a greenlet still waits on, and the
+        owner releases the ports right after.
+        """
         self.closed = True
-        gevent.killall(self._greenlets, block=False)
-        self._greenlets = []
+        greenlets, self._greenlets = self._greenlets, []
+        gevent.killall(greenlets, block=gevent.getcurrent() not in greenlets)
 
     # -- sending -------------------------------------------------------------------
 
@@ -276,9 +281,17 @@ class RtpSession:
     def _deliver(self) -> None:
         if self.jitter is None or self.on_media is None:
             return
-        ready = self.jitter.pop_ready(self.clock())
-        if ready:
-            self.on_media(ready)
+        batch: Media = []
+        for item in self.jitter.pop_ready(self.clock()):
+            batch.append(item)
+            if isinstance(item, Gap) and item.reset and self.timeline is not None:
+                # What came before is the old source's; the new one's timestamps
+                # are its own and are mapped afresh.
+                self.on_media(batch)
+                batch = []
+                self.timeline = Timeline(self.timeline.clock_rate, self.timeline.offset)
+        if batch:
+            self.on_media(batch)
 
     def capture_time(self, timestamp: int) -> float:
         """Capture time of an incoming packet's timestamp on our monotonic clock."""
