@@ -342,19 +342,23 @@ def stop_pulls_and_check_silence(client: Any, gw: GatewayProcess,
 @pytest.mark.parametrize("codec", ["PCMA", "PCMU", "G722", "OPUS"])
 def test_pull_to_rtp_decodes_without_sdp(codec: str, stream: Publisher, gateway: GatewayProcess,
                                          client: Any, mas: MasPeer, tmp_path: Path) -> None:
-    video, audio = gst_video(tmp_path / "v.yuv"), gst_audio(tmp_path / "a.raw", codec)
-    mas.video.relay_to, mas.audio.relay_to = video.port, audio.port
-    uuid = f"mp-{codec.lower()}"
-    start_pull(client, uuid, stream.url, mas, codec)
-    wait_for(lambda: len(mas.audio.packets) >= CAPTURE / 0.02, what="audio RTP")
-    wait_for(lambda: frames_after_first_idr(mas.video.packets) >= 25 * CAPTURE
-             if mas.video.packets else False, what="video RTP")
-    stop_pull_and_check_silence(client, gateway, uuid, mas)
+    video = gst_video(tmp_path / "v.yuv")
+    audio = gst_audio(tmp_path / "a.raw", codec)
+    try:
+        mas.video.relay_to, mas.audio.relay_to = video.port, audio.port
+        uuid = f"mp-{codec.lower()}"
+        start_pull(client, uuid, stream.url, mas, codec)
+        wait_for(lambda: len(mas.audio.packets) >= CAPTURE / 0.02, what="audio RTP")
+        wait_for(lambda: frames_after_first_idr(mas.video.packets) >= 25 * CAPTURE
+                 if mas.video.packets else False, what="video RTP")
+        stop_pull_and_check_silence(client, gateway, uuid, mas)
+    finally:
+        yuv, raw = video.finish(), audio.finish()
 
-    decoded = len(video.finish()) // (320 * 240 * 3 // 2)
+    decoded = len(yuv) // (320 * 240 * 3 // 2)
     expected = frames_after_first_idr(mas.video.packets)
     assert decoded >= 0.9 * expected, (decoded, expected)
-    pcm = np.frombuffer(audio.finish(), np.int16)
+    pcm = np.frombuffer(raw, np.int16)
     assert len(pcm) >= AUDIO_RATE
     assert abs(dominant_hz(pcm[-AUDIO_RATE:]) - TONE_HZ) < 10
 
