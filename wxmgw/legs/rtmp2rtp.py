@@ -265,9 +265,6 @@ class Rtmp2rtp(Leg):
             if sender is not None:
                 sender.session.close()
         gevent.killall(self._workers, block=False)
-        # Let the sessions' killed read loops unwind now: gevent defers closing a
-        # socket a greenlet still waits on, and the ports must be free at the reply.
-        gevent.sleep(0)
         self._workers = []
         if self._reader is not None:
             self._reader.close()
