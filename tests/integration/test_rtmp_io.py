@@ -16,7 +16,8 @@ import pytest
 from conftest import Publish
 
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Pcm, VideoFrame
-from wxmgw.media.rtmp_io import RtmpReader, RtmpWriter
+from wxmgw.media.rtmp_reader import RtmpReader
+from wxmgw.media.rtmp_writer import RtmpWriter
 from wxmgw.nginx import NginxRtmp
 from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, nal_type, split_annexb
 

@@ -6,7 +6,7 @@ import gevent
 from gevent import monkey
 from gevent.threadpool import ThreadPool
 
-from wxmgw.media.rtmp_io import Backoff, HubInbox, _Wakeup
+from wxmgw.media.worker import Backoff, HubInbox, _Wakeup
 
 
 def test_backoff_doubles_to_the_cap_and_resets() -> None:

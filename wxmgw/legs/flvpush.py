@@ -43,7 +43,7 @@ from wxmgw.media.frames import (
     Pcm,
     VideoFrame,
 )
-from wxmgw.media.rtmp_io import RtmpWriter
+from wxmgw.media.rtmp_writer import RtmpWriter
 from wxmgw.pubsub import Channel, Subscription
 
 #: Audio quiet this long past a slot's expected arrival is replaced by silence.

@@ -29,7 +29,7 @@ from wxmgw.media.frames import (
     AudioFrame,
     VideoFrame,
 )
-from wxmgw.media.rtmp_io import RtmpReader
+from wxmgw.media.rtmp_reader import RtmpReader
 from wxmgw.media.transcode import AudioDecoder, AudioEncoder, CodecInfo, PcmFramer, audio_codec
 from wxmgw.ports import PortPair
 from wxmgw.pubsub import Channel, MediaChannels, Subscription
