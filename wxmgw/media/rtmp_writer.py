@@ -1,34 +1,50 @@
-"""RTMP push through PyAV (FFmpeg) in a worker thread: frames to FLV.
+"""RTMP push in a worker thread: H.264 and AAC as FLV tags written here, sent by FFmpeg.
 
-A writer takes its callers' millisecond timestamps and rebases them so each
-publication starts at 0.
+The FLV tags are made by :mod:`wxmgw.media.flv`, not by FFmpeg's FLV muxer:
+that muxer fixes a publication's streams and sequence headers at its header,
+and PyAV cannot attach the ``AV_PKT_DATA_NEW_EXTRADATA`` side data that would
+announce a new AVC sequence header later. So adding, switching or removing
+video would end the publication, and players stop at its end (nginx-rtmp sends
+them StreamEOF). Written by hand, a publication lasts: a new video source gets
+a fresh sequence header before its first keyframe, and removing video is just
+sending no more video tags.
+
+FFmpeg still does RTMP: the tags go, as packets of PyAV's raw ``data`` muxer
+(which writes packet bytes verbatim), to FFmpeg's RTMP protocol, whose writer
+reads an FLV byte stream (it skips the 13-byte file header and sends each tag
+as an RTMP message with the tag's type and timestamp).
 """
 
 from __future__ import annotations
 
-import io
 import time
 from collections import deque
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Final
 
 import av
 import av.error
 from gevent.threadpool import ThreadPool
 
-from wxmgw.errors import MediaError, ParseError
+from wxmgw.errors import ParseError
+from wxmgw.media import flv
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
 from wxmgw.media.transcode import AudioEncoder
 from wxmgw.media.worker import EventCallback, RtmpStats, _Worker
 from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, to_avcc
 
-_MS: Final = Fraction(1, 1000)
-#: An audio timestamp further than this from the sample counter is a gap.
-_AUDIO_RESYNC: Final = 0.2
-#: Muxer options: no seek back to patch duration at the end (RTMP can't), and
-#: at most 0.5 s of interleaving buffer so a stalled stream delays the other little.
-_WRITER_OPTIONS: Final = {"flvflags": "no_duration_filesize", "max_interleave_delta": "500000"}
+#: An audio timestamp further than this (ms) from the sample counter is a gap.
+_AUDIO_RESYNC_MS: Final = 200
+#: Each tag is sent at once: the RTMP output's buffer would otherwise hold 32 KiB.
+_OUTPUT_OPTIONS: Final = {"flush_packets": "1"}
+#: onMetaData codec ids (FLV spec E.4.2.1, E.4.3.1).
+_AUDIO_METADATA: Final[dict[str, float | bool]] = {
+    "audiocodecid": 10.0,  # AAC
+    "audiosamplerate": float(AUDIO_RATE),
+    "audiosamplesize": 16.0,
+    "stereo": False,
+}
+_VIDEO_METADATA: Final[dict[str, float | bool]] = {"videocodecid": 7.0}  # AVC
 
 
 @dataclass(slots=True)
@@ -44,7 +60,9 @@ class _Audio:
 
 
 @dataclass(slots=True)
-class _Streams:
+class _Source:
+    """``set_video``: video from a new source (``video``) or no video from here on."""
+
     video: bool
 
 
@@ -52,29 +70,27 @@ _CLOSE: Final = object()
 
 
 class RtmpWriter(_Worker):
-    """Muxes H.264 and AAC-LC to FLV and publishes it to an RTMP URL.
+    """Publishes H.264 and AAC-LC (encoded here from PCM) to an RTMP URL, as one publication.
 
-    The streams of a publication are declared up front: ``video`` (H.264,
-    sequence header built from the SPS/PPS seen in-band) and/or ``audio``
-    (AAC-LC 48 kHz mono, encoded here from the PCM given). A publication with
-    video opens on the first keyframe that comes with (or after) an SPS and a
-    PPS, and audio written before it is dropped; an audio-only one opens on
-    the first audio. :meth:`set_video` re-declares the streams: the current
-    publication ends and the next one opens under the new declaration (players
-    see the stream restart), which is how a mix stream gains or loses video.
+    A writer made with ``video=True`` opens its publication on the first
+    keyframe that comes with (or after) an SPS and a PPS, and drops audio
+    written before it; an audio-only one opens on the first audio. The
+    publication then lasts until :meth:`close` or a failure: :meth:`set_video`
+    adds, switches or removes video inside it (players keep playing). A
+    keyframe whose SPS/PPS differ from those last sent gets a new AVC sequence
+    header first. ``audio=False`` makes a video-only publication.
 
     ``write_*`` never block: they queue for the worker thread, and when the
     queue is full (the live server is slow) the write is dropped and counted,
     and video resumes at the next keyframe. Timestamps are the callers'
-    milliseconds, rebased so each publication starts at 0; each stream's are
-    kept non-decreasing, and FFmpeg interleaves the two by timestamp. Frames
-    are muxed with dts = pts (no B-frames). If the server drops the
-    publication, the next one is tried with :class:`Backoff`, starting again
-    at a keyframe with fresh sequence headers; a keyframe with new SPS/PPS
-    also starts a new publication. :meth:`close` flushes what is queued and
-    ends the publication.
+    milliseconds, rebased so each publication starts at 0 and kept
+    non-decreasing per stream; tags go out in the order written (the caller
+    interleaves). If the server drops the publication, the next one is tried
+    with :class:`~wxmgw.media.worker.Backoff`, starting again at a keyframe
+    with fresh sequence headers. :meth:`close` flushes what is queued and ends
+    the publication.
 
-    Events: ``connected``, ``disconnected`` (``error``, ``retry_in``).
+    Events: ``connected`` (``video``, ``audio``), ``disconnected`` (``error``, ``retry_in``).
 
     Limitation: PyAV opens an output's I/O with ``avio_open()`` and no
     options or interrupt callback, so FFmpeg's ``rw_timeout`` cannot be set on
@@ -101,7 +117,8 @@ class RtmpWriter(_Worker):
         self._queue: deque[object] = deque()
         self._queue_size = queue_size
         self._video_gap = False
-        self._session: _FlvSession | None = None
+        # worker side
+        self._publication: _Publication | None = None
         self._retry_at = 0.0
         self._sps: bytes | None = None
         self._pps: bytes | None = None
@@ -109,7 +126,7 @@ class RtmpWriter(_Worker):
     # --- hub side -------------------------------------------------------------
 
     def write_video(self, frame: VideoFrame, pts_ms: int) -> None:
-        """Queue an access unit for the FLV video stream."""
+        """Queue an access unit (SPS and PPS in-band before keyframes) for the video tags."""
         if not self.video:
             return
         if self._video_gap and not frame.keyframe:
@@ -118,15 +135,21 @@ class RtmpWriter(_Worker):
         self._video_gap = not self._put(_Video(frame, pts_ms))
 
     def write_audio(self, frame: AudioFrame, pts_ms: int) -> None:
-        """Queue 48 kHz mono PCM for the AAC stream."""
+        """Queue 48 kHz mono PCM for the AAC tags."""
         if self.audio:
             self._put(_Audio(frame.pcm, pts_ms))
 
     def set_video(self, video: bool) -> None:
-        """Declare whether the next publication carries video (ends the current one)."""
-        if video != self.video:
+        """Video from a new source from here on (``True``), or none (``False``).
+
+        The publication goes on. A new source's video starts at its first
+        keyframe, with the SPS/PPS it carries as a fresh sequence header; so
+        ``set_video(True)`` while video is on switches sources.
+        """
+        if video or self.video:
             self.video = video
-            self._queue.append(_Streams(video))
+            self._video_gap = False
+            self._queue.append(_Source(video))
             self._wakeup.set()
 
     def close(self) -> None:
@@ -156,41 +179,38 @@ class RtmpWriter(_Worker):
                 item = self._queue.popleft()
                 if item is _CLOSE:
                     return
-                if isinstance(item, _Streams):
+                if isinstance(item, _Source):
                     video = item.video
-                    self._end()
-                    continue
+                    self._sps = self._pps = None
                 try:
                     self._write(item, video)
-                except (av.error.FFmpegError, OSError, MediaError, ParseError) as e:
+                except (av.error.FFmpegError, OSError, ParseError) as e:
                     self._end()
                     self._retry_at = time.monotonic() + self._failed(e)
         finally:
             self._end()
 
     def _write(self, item: object, video: bool) -> None:
+        publication = self._publication
         if isinstance(item, _Video):
             self._remember_parameter_sets(item.frame)
-            session = self._session
-            if session is not None and item.frame.keyframe and not session.has_config(
-                self._sps, self._pps
+            if publication is None and item.frame.keyframe and self._sps and self._pps:
+                publication = self._open(video, item.pts_ms)
+            if publication is not None and publication.write_video(
+                item.frame, item.pts_ms, self._sps, self._pps
             ):
-                self._end()  # new SPS/PPS: a new publication with the new sequence header
-                session = None
-            if session is None and item.frame.keyframe:
-                session = self._open(video, item.pts_ms, item.frame)
-            if session is not None and session.video is not None:
-                session.write_video(item.frame, item.pts_ms)
-                self.stats.frames += 1
-                self._backoff.reset()
+                self._written()
         elif isinstance(item, _Audio):
-            session = self._session
-            if session is None and not video:
-                session = self._open(video, item.pts_ms)
-            if session is not None and session.audio is not None:
-                session.write_audio(item.pcm, item.pts_ms)
-                self.stats.frames += 1
-                self._backoff.reset()
+            if publication is None and not video:
+                publication = self._open(video, item.pts_ms)
+            if publication is not None and publication.write_audio(item.pcm, item.pts_ms):
+                self._written()
+        elif isinstance(item, _Source) and publication is not None:
+            publication.set_video(item.video)
+
+    def _written(self) -> None:
+        self.stats.frames += 1
+        self._backoff.reset()
 
     def _remember_parameter_sets(self, frame: VideoFrame) -> None:
         for nalu in frame.nalus:
@@ -200,131 +220,118 @@ class RtmpWriter(_Worker):
             elif kind == NAL_PPS:
                 self._pps = nalu
 
-    def _open(
-        self, video: bool, base_ms: int, keyframe: VideoFrame | None = None
-    ) -> _FlvSession | None:
+    def _open(self, video: bool, base_ms: int) -> _Publication | None:
         if time.monotonic() < self._retry_at:
             return None
-        avc, size = None, (0, 0)
-        if video:
-            if self._sps is None or self._pps is None or keyframe is None:
-                return None
-            avc = AvcConfig.from_parameter_sets(self._sps, self._pps)
-            size = _picture_size(avc, keyframe)
-        container = av.open(self.url, "w", format="flv", options=_WRITER_OPTIONS)
-        self._session = _FlvSession(
-            container, avc, size, AudioEncoder("AAC") if self.audio else None, base_ms, self.stats
-        )
+        container = av.open(self.url, "w", format="data", options=_OUTPUT_OPTIONS)
+        try:
+            encoder = AudioEncoder("AAC") if self.audio else None
+            self._publication = _Publication(container, encoder, video, base_ms, self.stats)
+        except BaseException:
+            container.close()
+            raise
         self._connected()
         self._event("connected", video=video, audio=self.audio)
-        return self._session
+        return self._publication
 
     def _end(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
+        publication, self._publication = self._publication, None
+        if publication is not None:
             try:
-                session.close()
+                publication.close()
             except (av.error.FFmpegError, OSError) as e:
                 self.stats.last_error = str(e)
 
 
-def _picture_size(avc: AvcConfig, keyframe: VideoFrame) -> tuple[int, int]:
-    """Width and height of a keyframe, which FFmpeg's FLV muxer wants for onMetaData.
+class _Publication:
+    """One RTMP publication: the FLV tags written so far and their timestamp state.
 
-    FFmpeg's H.264 decoder reads them from the SPS; decoding one keyframe per
-    publication costs a few milliseconds and needs no SPS parser of our own.
-    """
-    decoder = av.CodecContext.create("h264", "r")
-    decoder.extradata = bytes(avc)
-    decoder.thread_count = 1
-    try:
-        frames = [*decoder.decode(av.Packet(to_avcc(keyframe.nalus))), *decoder.decode(None)]
-    except av.error.FFmpegError as e:
-        raise MediaError(f"undecodable keyframe: {e}") from e
-    if not frames:
-        raise MediaError("keyframe decodes to no picture")
-    frame = frames[0]
-    assert isinstance(frame, av.VideoFrame)
-    return frame.width, frame.height
-
-
-class _FlvSession:
-    """One publication: an FLV output container and its timestamp state.
-
-    PyAV creates a stream's codec parameters from a codec context, and opens
-    that context (an encoder) before writing the header unless the stream was
-    made from a template; so the streams are made from templates of an unopened
-    throwaway FLV container, and their sequence headers set on them.
+    It starts with the FLV header, onMetaData and the AAC sequence header;
+    onMetaData is sent again whenever video comes or goes, for players that
+    join later (nginx-rtmp keeps the last one for them).
     """
 
     def __init__(
         self,
         container: av.container.OutputContainer,
-        avc: AvcConfig | None,
-        size: tuple[int, int],
         encoder: AudioEncoder | None,
+        video: bool,
         base_ms: int,
         stats: RtmpStats,
     ) -> None:
         self._container = container
+        self._stream = container.add_data_stream()
         self._stats = stats
         self._base = base_ms
-        self._avc = avc
         self._encoder = encoder
+        self._video = video
+        self._avc: tuple[bytes, bytes] | None = None  # SPS/PPS of the last sequence header
         self._last_video = 0
         self._last_audio = 0
         self._audio_anchor: int | None = None
         self._audio_in = 0
         self._audio_out = 0
-        template = av.open(io.BytesIO(), "w", format="flv")
-        self.video: av.stream.Stream | None = None
-        self.audio: av.stream.Stream | None = None
-        if avc is not None:
-            self.video = container.add_stream_from_template(template.add_stream("h264"))
-            ctx = self.video.codec_context
-            ctx.extradata = bytes(avc)
-            ctx.width, ctx.height = size
-            self.video.time_base = _MS
+        self._send(flv.file_header(audio=encoder is not None, video=video))
+        self._metadata(0)
         if encoder is not None:
-            self.audio = container.add_stream_from_template(
-                template.add_stream("aac", rate=AUDIO_RATE)
-            )
-            actx = self.audio.codec_context
-            actx.extradata = encoder.extradata
-            actx.layout = "mono"
-            self.audio.time_base = _MS
+            self._tag(flv.TAG_AUDIO, 0, flv.aac_sequence_header(encoder.extradata))
 
-    def has_config(self, sps: bytes | None, pps: bytes | None) -> bool:
-        return self._avc is None or (self._avc.sps == [sps] and self._avc.pps == [pps])
+    def set_video(self, video: bool) -> None:
+        """A new video source (its keyframe will bring a sequence header), or none."""
+        if video != self._video:
+            self._video = video
+            self._metadata(max(self._last_audio, self._last_video))
+        self._avc = None
 
-    def _mux(self, stream: av.stream.Stream, data: bytes, ms: int, key: bool) -> None:
-        packet = av.Packet(data)
-        packet.stream = stream
-        packet.time_base = _MS
-        packet.pts = packet.dts = ms
-        packet.is_keyframe = key
-        self._container.mux(packet)
-        self._stats.packets += 1
-        self._stats.bytes += len(data)
+    def write_video(
+        self, frame: VideoFrame, pts_ms: int, sps: bytes | None, pps: bytes | None
+    ) -> bool:
+        """Write a video tag, after a sequence header if it is due; False if skipped.
 
-    def write_video(self, frame: VideoFrame, pts_ms: int) -> None:
-        assert self.video is not None
-        self._last_video = max(pts_ms - self._base, self._last_video)
-        self._mux(self.video, to_avcc(frame.nalus), self._last_video, frame.keyframe)
+        After a new source (or none yet), frames wait for a keyframe with known SPS/PPS.
+        """
+        if not self._video:
+            return False
+        ms = self._last_video = max(pts_ms - self._base, self._last_video)
+        if frame.keyframe and sps and pps and self._avc != (sps, pps):
+            record = bytes(AvcConfig.from_parameter_sets(sps, pps))
+            self._tag(flv.TAG_VIDEO, ms, flv.avc_sequence_header(record))
+            self._avc = (sps, pps)
+        if self._avc is None:
+            return False
+        self._tag(flv.TAG_VIDEO, ms, flv.avc_frame(to_avcc(frame.nalus), frame.keyframe))
+        return True
 
-    def write_audio(self, pcm: Pcm, pts_ms: int) -> None:
+    def write_audio(self, pcm: Pcm, pts_ms: int) -> bool:
         """Encode to AAC; packet n carries the samples from n-1 on (the encoder's delay)."""
-        assert self.audio is not None and self._encoder is not None
+        if self._encoder is None:
+            return False
         counted = (self._audio_anchor or 0) + self._audio_in * 1000 // AUDIO_RATE
-        if self._audio_anchor is None or abs(pts_ms - counted) > _AUDIO_RESYNC * 1000:
+        if self._audio_anchor is None or abs(pts_ms - counted) > _AUDIO_RESYNC_MS:
             self._audio_anchor = pts_ms - self._audio_in * 1000 // AUDIO_RATE
         self._audio_in += len(pcm)
         for data in self._encoder.encode(pcm):
             start = (self._audio_out - 1) * self._encoder.frame_samples * 1000 // AUDIO_RATE
-            ms = max(self._audio_anchor + start - self._base, self._last_audio, 0)
-            self._last_audio = ms
+            ms = self._last_audio = max(self._audio_anchor + start - self._base, self._last_audio)
             self._audio_out += 1
-            self._mux(self.audio, data, ms, True)
+            self._tag(flv.TAG_AUDIO, ms, flv.aac_frame(data))
+        return True
 
     def close(self) -> None:
         self._container.close()
+
+    def _metadata(self, ms: int) -> None:
+        fields = {**(_AUDIO_METADATA if self._encoder else {})}
+        if self._video:
+            fields.update(_VIDEO_METADATA)
+        self._tag(flv.TAG_SCRIPT, ms, flv.on_metadata(fields))
+
+    def _tag(self, kind: int, ms: int, data: bytes) -> None:
+        self._send(bytes(flv.FlvTag(kind, ms, data)))
+        self._stats.packets += 1
+        self._stats.bytes += len(data)
+
+    def _send(self, data: bytes) -> None:
+        packet = av.Packet(data)
+        packet.stream = self._stream
+        self._container.mux(packet)
