@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import gevent
 from prometheus_client import Gauge
@@ -62,7 +63,24 @@ class Gateway:
         event(logger, "gateway_stopped", portsInUse=len(self.ports.in_use))
 
     def _log_stats(self) -> None:
+        """Every ``stats_interval``: one line per leg, with bitrates since the last line."""
+        previous: dict[int, dict[str, Any]] = {}
         while True:
             gevent.sleep(self.config.stats_interval)
+            current: dict[int, dict[str, Any]] = {}
             for leg in self.registry.legs():
-                leg.log("leg_stats", **leg.stats())
+                stats = leg.stats()
+                with_rates(stats, previous.get(id(leg), {}), self.config.stats_interval)
+                current[id(leg)] = stats
+                leg.log("leg_stats", **stats)
+            previous = current
+
+
+def with_rates(stats: dict[str, Any], before: dict[str, Any], seconds: float) -> None:
+    """Add ``kbps`` beside every ``bytes`` counter (nested too), from its growth since ``before``."""
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            with_rates(value, before.get(key, {}), seconds)
+    if isinstance(stats.get("bytes"), int):
+        grown = stats["bytes"] - before.get("bytes", 0)
+        stats["kbps"] = round(max(grown, 0) * 8 / 1000 / seconds, 1)

@@ -97,3 +97,12 @@ def test_unexpected_exception_becomes_internal_code(handler, monkeypatch, caplog
 
 def test_missing_struct_is_invalid(handler):
     assert handler.StopPull(None).code == Code.INVALID_ARGUMENT
+
+
+def test_stats_lines_get_bitrates():
+    from wxmgw.app import with_rates
+
+    stats = {"videoRtp": {"bytes": 250_000, "packets": 300}, "push": {"bytes": 0}, "frames": 5}
+    with_rates(stats, {"videoRtp": {"bytes": 125_000}}, 10.0)
+    assert stats["videoRtp"]["kbps"] == 100.0 and stats["push"]["kbps"] == 0.0
+    assert "kbps" not in stats
