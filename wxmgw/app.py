@@ -77,7 +77,7 @@ class Gateway:
 
 
 def with_rates(stats: dict[str, Any], before: dict[str, Any], seconds: float) -> None:
-    """Add ``kbps`` beside every ``bytes`` counter (nested too), from its growth since ``before``."""
+    """Add ``kbps`` beside every ``bytes`` counter (nested too), from its growth since then."""
     for key, value in stats.items():
         if isinstance(value, dict):
             with_rates(value, before.get(key, {}), seconds)
