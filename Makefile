@@ -33,6 +33,9 @@ $(STAMP): setup.cfg pyproject.toml
 run: setup
 	$(PY) -m wxmgw.run
 
+demo: setup
+	$(PY) -m wxmgw.demo
+
 lint: setup
 	$(PY) -m ruff check $(SRC)
 	$(PY) -m mypy $(CODE)

@@ -2,7 +2,8 @@
 
 nginx-rtmp (the project's config, loopback), `wxmgw serve` and the callroute
 front in MAS-less mode, each its own process, all stopped by Ctrl-C or
-SIGTERM. Prints how to join a conference with curl and ffmpeg.
+SIGTERM. Prints how to join a conference with curl and ffmpeg. `make demo`
+(:mod:`wxmgw.demo`) starts the same :class:`Stack`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
 
 from wxmgw.nginx import NginxRtmp
 
@@ -45,6 +47,16 @@ Ctrl-C stops everything.
 """
 
 
+@dataclass(frozen=True, slots=True)
+class StackPorts:
+    rtmp: int = 1935
+    stat: int = 8088
+    thrift: int = 9090
+    status: int = 9091
+    front: int = 8800
+    rtp: str = "30000-39999"
+
+
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -58,6 +70,76 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
     raise SystemExit(f"{url} did not answer in {timeout:.0f} s")
 
 
+class Stack:
+    """nginx-rtmp guarded by the front's notify hooks, `wxmgw serve` and `callroute serve`
+    (MAS-less) as child processes, logging under ``workdir``; a context manager."""
+
+    def __init__(self, ports: StackPorts, workdir: Path) -> None:
+        self.ports = ports
+        self.workdir = workdir.resolve()
+        self.base = f"rtmp://127.0.0.1:{ports.rtmp}/live"
+        self.front_url = f"http://127.0.0.1:{ports.front}/"
+        self.state_url = f"http://127.0.0.1:{ports.status}/monitor/state"
+        self.nginx = NginxRtmp(self.workdir / "nginx", rtmp_port=ports.rtmp,
+                               http_port=ports.stat, notify_url=f"{self.front_url}rtmp")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        p, work = self.ports, self.workdir
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            self.nginx.start()
+            gateway = subprocess.Popen([
+                sys.executable, "-m", "wxmgw.cli", "serve", "--thrift-host", "127.0.0.1",
+                "--thrift-port", str(p.thrift), "--status-port", str(p.status),
+                "--rtp-ports", p.rtp, "--media-ip", "127.0.0.1",
+                "--log-file", str(work / "wxmgw.log"),
+            ])
+            self.procs.append(gateway)
+            _wait_http(self.state_url, gateway)
+            front = subprocess.Popen([
+                sys.executable, "-m", "callroute.cli", "serve", "--host", "127.0.0.1",
+                "--port", str(p.front), "--wxmgw", f"127.0.0.1:{p.thrift}@{p.status}",
+                "--rtmp-push-base", self.base, "--rtmp-play-base", self.base,
+                "--log-file", str(work / "callroute.log"),
+            ])
+            self.procs.append(front)
+            _wait_http(f"{self.front_url}monitor/state", front)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def running(self) -> bool:
+        return all(p.poll() is None for p in self.procs) and self.nginx.running
+
+    def stop(self) -> list[subprocess.Popen[bytes]]:
+        """Stop everything (SIGTERM, then kill); the processes that did not end cleanly."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.nginx.stop()
+        return [p for p in self.procs if p.returncode not in (0, -signal.SIGTERM)]
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wxmgw.run", description=__doc__)
     parser.add_argument("--rtmp-port", type=int, default=1935)
@@ -68,10 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtp-ports", default="30000-39999")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".run")
     args = parser.parse_args(argv)
-    work: Path = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    base = f"rtmp://127.0.0.1:{args.rtmp_port}/live"
-    procs: list[subprocess.Popen[bytes]] = []
+    ports = StackPorts(args.rtmp_port, args.stat_port, args.thrift_port, args.status_port,
+                       args.front_port, args.rtp_ports)
+    stack = Stack(ports, args.workdir)
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -80,43 +161,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    nginx = NginxRtmp(work / "nginx", rtmp_port=args.rtmp_port, http_port=args.stat_port,
-                      notify_url=f"http://127.0.0.1:{args.front_port}/rtmp")
     try:
-        nginx.start()
-        gateway = subprocess.Popen([
-            sys.executable, "-m", "wxmgw.cli", "serve", "--thrift-host", "127.0.0.1",
-            "--thrift-port", str(args.thrift_port), "--status-port", str(args.status_port),
-            "--rtp-ports", args.rtp_ports, "--media-ip", "127.0.0.1",
-            "--log-file", str(work / "wxmgw.log"),
-        ])
-        procs.append(gateway)
-        _wait_http(f"http://127.0.0.1:{args.status_port}/monitor/state", gateway)
-        front = subprocess.Popen([
-            sys.executable, "-m", "callroute.cli", "serve", "--host", "127.0.0.1",
-            "--port", str(args.front_port),
-            "--wxmgw", f"127.0.0.1:{args.thrift_port}@{args.status_port}",
-            "--rtmp-push-base", base, "--rtmp-play-base", base,
-            "--log-file", str(work / "callroute.log"),
-        ])
-        procs.append(front)
-        _wait_http(f"http://127.0.0.1:{args.front_port}/monitor/state", front)
-        print(HOWTO.format(work=work, rtmp=args.rtmp_port, stat=args.stat_port,
-                           thrift=args.thrift_port, status=args.status_port,
-                           front=args.front_port), flush=True)
-        while not stopping and all(p.poll() is None for p in procs) and nginx.running:
+        stack.start()
+        print(HOWTO.format(work=stack.workdir, rtmp=ports.rtmp, stat=ports.stat,
+                           thrift=ports.thrift, status=ports.status, front=ports.front),
+              flush=True)
+        while not stopping and stack.running:
             time.sleep(0.2)
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        nginx.stop()
-    failed = [p.args for p in procs if p.returncode not in (0, -signal.SIGTERM)]
+        failed = stack.stop()
     return 1 if failed and not stopping else 0
 
 
