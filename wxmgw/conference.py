@@ -3,6 +3,11 @@
 The registry is the only place that creates and stops legs. Every operation
 runs under one lock: a leg is either fully started and registered, or
 stopped with everything it had allocated released.
+
+A room's MAS-less mini-programs (StartPull with an empty ``masIp``) are mixed
+by its :class:`~wxmgw.legs.roommix.RoomMixer`: each one's mix stream carries
+the others. AvSync hands a member's video channel to a mini-program's mix
+stream; the channel is the uuid's, whichever leg publishes on it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from gevent.lock import RLock
 from wxmgw import requests as rq
 from wxmgw.errors import Conflict, NoLocalSource, UnknownLeg
 from wxmgw.legs.base import Leg, LegContext
+from wxmgw.legs.roommix import RoomMixer
 from wxmgw.legs.rtmp2rtp import Rtmp2rtp
 from wxmgw.legs.rtp2rtmp import Rtp2rtmp
 from wxmgw.logs import event
@@ -27,11 +33,15 @@ L = TypeVar("L", bound=Leg)
 
 @dataclass(slots=True)
 class Room:
-    """One conference: its mini-programs (Rtmp2rtp) and the members shown to them (Rtp2rtmp)."""
+    """One conference: its mini-programs (Rtmp2rtp) and the members shown to them (Rtp2rtmp).
+
+    ``mixer`` mixes its MAS-less mini-programs; it exists while it has any.
+    """
 
     conf_id: str
     members: set[str] = field(default_factory=set)
     pushes: set[str] = field(default_factory=set)
+    mixer: RoomMixer | None = None
 
     @property
     def empty(self) -> bool:
@@ -57,12 +67,23 @@ class Registry:
                 raise Conflict(f"uuid {params.uuid} already pulls with other parameters")
             leg = self._start(Rtmp2rtp(params, self.ctx))
             self.rtmp2rtp[leg.uuid] = leg
-            self._room(leg.conf_id).members.add(leg.uuid)
+            room = self._room(leg.conf_id)
+            room.members.add(leg.uuid)
+            if params.mas_less:
+                assert leg.channels is not None
+                if room.mixer is None:
+                    room.mixer = RoomMixer(room.conf_id)
+                room.mixer.add(leg.uuid, leg.channels.audio, leg.mix)
 
     def stop_pull(self, ref: rq.LegRef) -> None:
         with self._lock:
             leg = self._find(self.rtmp2rtp, ref, "Rtmp2rtp")
             del self.rtmp2rtp[leg.uuid]
+            room = self.rooms.get(leg.conf_id)
+            if room is not None and room.mixer is not None:
+                room.mixer.remove(leg.uuid)
+                if not room.mixer:
+                    room.mixer = None
             self._leave(leg.conf_id, members=leg.uuid)
             leg.stop()
             self._forget_sync(leg.uuid)
@@ -102,13 +123,16 @@ class Registry:
     # -- AvSync -----------------------------------------------------------------
 
     def av_sync(self, params: rq.AvSync) -> None:
+        """Put ``syncUuid``'s video (none when empty) into ``uuid``'s mix stream."""
         with self._lock:
             leg = self._find(self.rtmp2rtp, rq.LegRef(params.uuid, params.conf_id), "Rtmp2rtp")
             sync = params.sync_uuid
-            if sync and sync not in self.rtp2rtmp and sync not in self.rtmp2rtp:
+            channels = self.ctx.channels.get(sync) if sync else None
+            if sync and (
+                channels is None or (sync not in self.rtp2rtmp and sync not in self.rtmp2rtp)
+            ):
                 raise UnknownLeg(f"syncUuid {sync} has no leg on this gateway")
-            leg.sync_uuid = params.sync_uuid
-            leg.log("av_sync", syncUuid=params.sync_uuid)
+            leg.av_sync(sync, channels.video if channels else None)
 
     # -- whole gateway ----------------------------------------------------------
 
@@ -117,6 +141,9 @@ class Registry:
             legs: list[Leg] = [*self.rtp2rtmp.values(), *self.rtmp2rtp.values()]
             self.rtp2rtmp.clear()
             self.rtmp2rtp.clear()
+            for room in self.rooms.values():
+                if room.mixer is not None:
+                    room.mixer.close()
             self.rooms.clear()
             for leg in legs:
                 leg.stop()
@@ -128,7 +155,12 @@ class Registry:
         return {
             "legs": [leg.snapshot() for leg in self.legs()],
             "rooms": [
-                {"confId": r.conf_id, "members": sorted(r.members), "pushes": sorted(r.pushes)}
+                {
+                    "confId": r.conf_id,
+                    "members": sorted(r.members),
+                    "pushes": sorted(r.pushes),
+                    **({"mixer": r.mixer.stats()} if r.mixer is not None else {}),
+                }
                 for r in self.rooms.values()
             ],
             "ports": {"inUse": self.ctx.ports.in_use, "capacity": self.ctx.ports.capacity},
@@ -161,8 +193,7 @@ class Registry:
             return
         for leg in self.rtmp2rtp.values():
             if leg.sync_uuid == uuid:
-                leg.sync_uuid = ""
-                leg.log("av_sync", syncUuid="", reason=f"{uuid} stopped")
+                leg.av_sync("", None, reason=f"{uuid} stopped")
 
     def _room(self, conf_id: str) -> Room:
         room = self.rooms.get(conf_id)

@@ -55,3 +55,25 @@ def test_each_member_hears_the_others_and_a_stalled_one_stalls_nothing():
         for other in others:
             assert level(freqs[other]) > 50 * level(freqs[key]) + 1, (key, other)
     assert room.ticks >= 25
+
+
+def test_a_source_whose_timeline_lags_its_arrival_is_still_mixed():
+    """An RTMP pull stamps frames on the FLV timeline, which can be seconds behind."""
+    room = RoomMixer("c2")
+    source, silent = Channel[AudioFrame]("a/audio"), Channel[AudioFrame]("b/audio")
+    sink = Channel[AudioFrame]("b/mix")
+    out = sink.subscribe(maxsize=1000)
+    room.add("a", source, Channel[AudioFrame]("a/mix"))
+    room.add("b", silent, sink)
+    pcm = tone(500.0, 10)
+    lag = 3.0
+    for i in range(10):
+        chunk = pcm[i * AUDIO_FRAME_SAMPLES:(i + 1) * AUDIO_FRAME_SAMPLES]
+        source.publish(AudioFrame(chunk, time.monotonic() - lag))
+        gevent.sleep(0.02)
+    gevent.sleep(0.1)
+    room.close()
+    heard = []
+    while (f := out.get(timeout=0)) is not None:
+        heard.append(f.pcm)
+    assert sum(int(np.abs(p).max() > 1000) for p in heard) >= 8

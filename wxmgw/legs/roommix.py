@@ -5,6 +5,12 @@ listener (its mix channel, which its Rtmp2rtp pushes to ``pushAudioUrl``);
 every listener hears the N-1 mix of the others (MISSION §4, §6). One
 greenlet per room ticks the pure :class:`~wxmgw.media.mixer.Mixer` on an
 absolute 20 ms grid, so the mix neither drifts nor stalls when a source does.
+
+The sources' frames carry capture times on their own timelines (an RTMP
+pull's lag behind its arrival by however long FFmpeg probed the stream), so
+the mixer re-stamps each frame with the tick that takes it in: lateness is
+judged by how long a frame waited here, and the mix is stamped with the
+time it is made.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import gevent
@@ -75,18 +82,18 @@ class RoomMixer:
         return {
             "ticks": self.ticks,
             "overruns": self.overruns,
-            "sources": {k: {"mixed": s.mixed, "late": s.late, "dropped": s.dropped,
-                            "underruns": s.underruns} for k, s in self.mixer.stats().items()},
+            "sources": {k: asdict(s) for k, s in self.mixer.stats().items()},
         }
 
     def tick(self, now: float) -> None:
         """Move what the sources have into the mixer and publish one frame per listener."""
+        arrived = now - AUDIO_FRAME_SECONDS  # the start of this tick's window
         for uuid, sub in self._sources.items():
             while sub.pending:
                 frame = sub.get(timeout=0)
                 if frame is None:
                     break
-                self.mixer.push(uuid, frame)
+                self.mixer.push(uuid, AudioFrame(frame.pcm, arrived))
         for uuid, frame in self.mixer.tick(now).items():
             self._sinks[uuid].publish(frame)
         self.ticks += 1

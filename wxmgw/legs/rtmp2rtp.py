@@ -8,6 +8,12 @@ transcode the audio to the MAS codec, each over its own
 symmetrically with this member's conference mix; the audio session receives
 it, and it is decoded onto the leg's :attr:`Rtmp2rtp.mix` channel, which a
 :class:`~wxmgw.legs.flvpush.FlvPublisher` pushes to ``pushAudioUrl``.
+
+AvSync adds a member's video channel to that stream. Lip sync holds because
+both the mix and the video carry capture times on our monotonic clock: the
+mix's from the MAS's RTCP sender reports (RFC 3550 §6.4.1) once one has
+arrived, a member's video from its own (Rtp2rtmp), a mini-program's video
+from its FLV timeline; the publisher stamps each frame from that time.
 """
 
 from __future__ import annotations
@@ -136,7 +142,9 @@ class MixReceiver:
     The session has already reordered the packets (its jitter buffer) and
     reports losses as gaps; a lost or undecodable packet is simply missing,
     the FLV side fills what is missing with silence. Frames carry the
-    packets' capture times as the session's timeline maps them.
+    packets' capture times as the session's timeline maps them: from the
+    MAS's sender reports once one has arrived (:attr:`sr_mapped`), from
+    arrival before.
     """
 
     def __init__(self, codec: CodecInfo, out: Channel[AudioFrame]) -> None:
@@ -166,6 +174,12 @@ class MixReceiver:
             for i, chunk in enumerate(self._framer.push(pcm)):
                 self.out.publish(AudioFrame(chunk, start + i * AUDIO_FRAME_SECONDS))
 
+    @property
+    def sr_mapped(self) -> bool:
+        """Whether the mix's capture times come from the MAS's sender reports."""
+        timeline = self.session.timeline if self.session is not None else None
+        return timeline is not None and timeline.synced
+
 
 class Rtmp2rtp(Leg):
     """One mini-program in a conference: its stream to the MAS, the mix back to it.
@@ -173,8 +187,9 @@ class Rtmp2rtp(Leg):
     With an empty ``masIp`` no RTP is sent: the stream is only published on
     the uuid's channels, for the room's own mixer and for viewers on this
     gateway. ``sync_uuid`` is the member whose video AvSync adds to the mix
-    stream. :attr:`mix` is the audio pushed to ``pushAudioUrl``: the MAS's
-    mix decoded, or what a room mixer publishes on it.
+    stream (:meth:`av_sync`). :attr:`mix` is the audio pushed to
+    ``pushAudioUrl``: the MAS's mix decoded, or what a room mixer publishes
+    on it.
     """
 
     kind = "rtmp2rtp"
@@ -194,7 +209,6 @@ class Rtmp2rtp(Leg):
         self._reader: RtmpReader | None = None
         self._workers: list[gevent.Greenlet] = []
         self._frames_in = {"video": 0, "audio": 0}
-        self._last_ts = {"video": 0.0, "audio": 0.0}
         self._frame_errors = 0
         self.last_error = ""
 
@@ -274,18 +288,28 @@ class Rtmp2rtp(Leg):
         self.mix.close()
         self.ctx.channels.close(self.uuid)
 
+    def av_sync(self, sync_uuid: str, video: Channel[VideoFrame] | None, **why: Any) -> None:
+        """Show ``video`` (``sync_uuid``'s) in the mix stream, or no video when None.
+
+        The stream goes on; the new video starts at its channel's cached
+        keyframe. Without a ``pushAudioUrl`` there is no stream: only the
+        choice is kept.
+        """
+        self.sync_uuid = sync_uuid
+        if self._mix_out is not None:
+            self._mix_out.set_video(video)
+        self.log("av_sync", syncUuid=sync_uuid, **why)
+
     # -- the pulled stream -----------------------------------------------------------
 
     def _on_video(self, frame: VideoFrame) -> None:
         assert self.channels is not None
         self._frames_in["video"] += 1
-        self._last_ts["video"] = frame.ts
         self.channels.video.publish(frame)
 
     def _on_audio(self, frame: AudioFrame) -> None:
         assert self.channels is not None
         self._frames_in["audio"] += 1
-        self._last_ts["audio"] = frame.ts
         self.channels.audio.publish(frame)
 
     def _on_reader_event(self, kind: str, info: dict[str, Any]) -> None:
@@ -334,14 +358,21 @@ class Rtmp2rtp(Leg):
         }
 
     def stats(self) -> dict[str, Any]:
-        """Frames in, RTP out, reconnects, RTCP seen, errors and the A/V offset."""
+        """Frames in, RTP out, reconnects, RTCP seen, errors and the A/V offset.
+
+        ``avOffsetMs`` is how much later than the mix the synced video is
+        presented, for frames captured at the same time (None without AvSync
+        video).
+        """
         out: dict[str, Any] = {"framesIn": dict(self._frames_in)}
         if self._reader is not None:
             r = self._reader.stats
             out.update(reconnects=r.reconnects, readErrors=r.errors)
-        if all(self._frames_in.values()):
-            offset = self._last_ts["audio"] - self._last_ts["video"]
-            out["avOffsetMs"] = round(offset * 1000)
+        mix_out = self._mix_out.stats() if self._mix_out is not None else None
+        offset = None
+        if mix_out is not None and self.sync_uuid and mix_out["video_frames"]:
+            offset = mix_out["av_offset_ms"]
+        out["avOffsetMs"] = offset
         for name, sender in (("video", self.video_out), ("audio", self.audio_out)):
             if sender is not None:
                 s = sender.session.stats
@@ -355,9 +386,14 @@ class Rtmp2rtp(Leg):
                 }
         if self.mix_in is not None:
             m = self.mix_in
-            out["mixIn"] = {"packets": m.packets, "lost": m.lost, "undecodable": m.undecodable}
-        if self._mix_out is not None:
-            out["mixOut"] = self._mix_out.stats()
+            out["mixIn"] = {
+                "packets": m.packets,
+                "lost": m.lost,
+                "undecodable": m.undecodable,
+                "srMapped": m.sr_mapped,
+            }
+        if mix_out is not None:
+            out["mixOut"] = mix_out
         out["frameErrors"] = self._frame_errors
         reader_error = self._reader.stats.last_error if self._reader else ""
         out["lastError"] = self.last_error or reader_error

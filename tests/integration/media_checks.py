@@ -1,0 +1,113 @@
+"""What the integration tests measure in decoded media, and how they wait for it.
+
+The decoding is FFmpeg's (the ffmpeg CLI, or PyAV on a file the CLI
+recorded), never the gateway's own code.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import gevent
+import numpy as np
+
+from wxmgw.media.frames import AUDIO_RATE
+
+WAIT = 20.0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not in time: {what}"
+        gevent.sleep(0.05)
+
+
+def dominant_hz(pcm: np.ndarray, rate: int = AUDIO_RATE) -> float:
+    """The strongest frequency of ``pcm``, checking that it stands out."""
+    x = pcm.astype(np.float64) * np.hanning(len(pcm))
+    spectrum = np.abs(np.fft.rfft(x))
+    peak = int(np.argmax(spectrum))
+    assert spectrum[peak] > 20 * np.median(spectrum), "no clear tone"
+    return peak * rate / len(pcm)
+
+
+def tone_level(pcm: np.ndarray, hz: float, rate: int = AUDIO_RATE) -> float:
+    """The spectrum's peak within 20 Hz of ``hz``."""
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(len(pcm))))
+    bins = np.fft.rfftfreq(len(pcm), 1 / rate)
+    return float(spectrum[np.abs(bins - hz) < 20].max())
+
+
+def play_audio(url: str, seconds: float, out: Path) -> np.ndarray:
+    """What a player of ``url`` hears in ``seconds`` of stream, as 48 kHz mono PCM."""
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-rw_timeout", "5000000",
+         "-i", url, "-t", str(seconds), "-vn", "-f", "s16le", "-ac", "1", "-ar", str(AUDIO_RATE),
+         "-y", str(out)],
+        check=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    return np.frombuffer(out.read_bytes(), np.int16)
+
+
+def record(url: str, seconds: float, out: Path) -> Path:
+    """``seconds`` of ``url`` copied, not decoded, into an FLV file."""
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-rw_timeout", "5000000",
+         "-i", url, "-t", str(seconds), "-c", "copy", "-y", str(out)],
+        check=True, timeout=seconds + 20, stdin=subprocess.DEVNULL,
+    )
+    return out
+
+
+def flash_times(path: Path, threshold: float = 128.0) -> list[float]:
+    """Presentation times of the pictures that turn bright (mean luma crosses ``threshold``)."""
+    times: list[float] = []
+    bright = False
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            luma = float(frame.to_ndarray(format="gray").mean())
+            if luma > threshold and not bright and frame.pts is not None:
+                times.append(float(frame.pts * frame.time_base))
+            bright = luma > threshold
+    return times
+
+
+def beep_times(path: Path, gap: float = 0.3) -> list[float]:
+    """Presentation times at which the audio's envelope rises to half its peak after ``gap``
+    of quiet: the onsets of beeps, to a sample (the decoder's own timestamps and count)."""
+    starts: list[float] = []
+    chunks: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            pcm = frame.to_ndarray()
+            mono = pcm.reshape(-1) if pcm.shape[0] == 1 else pcm.mean(axis=0)
+            if frame.pts is None:
+                continue
+            t0 = float(frame.pts * frame.time_base)
+            chunks.append(np.stack([t0 + np.arange(len(mono)) / frame.sample_rate,
+                                    np.abs(mono.astype(np.float64))]))
+    if not chunks:
+        return []
+    t, level = np.concatenate(chunks, axis=1)
+    loud = level > 0.5 * level.max()
+    last = -np.inf
+    for i in np.flatnonzero(loud):
+        if t[i] - last > gap:
+            starts.append(float(t[i]))
+        last = t[i]
+    return starts
+
+
+def offsets(flashes: list[float], beeps: list[float], within: float = 0.3) -> list[float]:
+    """For each flash with a beep within ``within`` s: beep time minus flash time."""
+    out = []
+    for f in flashes:
+        near = [b - f for b in beeps if abs(b - f) <= within]
+        if near:
+            out.append(min(near, key=abs))
+    return out
