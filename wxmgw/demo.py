@@ -44,6 +44,9 @@ LOUD_DB = -30.0
 """An audio frame this loud (RMS, dBFS) carries a tone."""
 PAIRING = 0.5
 """Largest distance in seconds between a flash onset and the tone onset it goes with."""
+LIP_SYNC_MS = (-90.0, 185.0)
+"""The A/V offsets viewers accept, sound early to sound late (ITU-R BT.1359-1, Fig. 1:
+the threshold of acceptability)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,8 @@ class Reception:
     """What a player decoded of a stream."""
 
     frames: int
+    video_span: float
+    """Seconds from the first decoded frame to the last."""
     flashes: dict[str, int]
     """Flash frames by chroma plane (``U``: blue, ``V``: red)."""
     pcm: np.ndarray
@@ -131,8 +136,9 @@ class Reception:
     def summary(self) -> str:
         tone = f"{self.tone_hz:.0f} Hz" if self.tone_hz is not None else "none"
         offset = f"{self.av_offset_ms:+.0f} ms" if self.av_offset_ms is not None else "n/a"
-        return (f"{self.frames} video frames (flashes U/blue {self.flashes['U']}, "
-                f"V/red {self.flashes['V']}), {len(self.pcm) / AUDIO_RATE:.1f} s audio, "
+        return (f"{self.frames} video frames in {self.video_span:.2f} s (flashes U/blue "
+                f"{self.flashes['U']}, V/red {self.flashes['V']}), "
+                f"{len(self.pcm) / AUDIO_RATE:.1f} s audio, "
                 f"dominant tone {tone}, A/V offset {offset}")
 
 
@@ -193,6 +199,7 @@ class Player:
         pcm = np.fromfile(self.pcm_path, np.int16) if self.pcm_path.exists() else np.zeros(0)
         return Reception(
             frames=len(video),
+            video_span=video[-1][0] - video[0][0] if video else 0.0,
             flashes=flashes,
             pcm=pcm,
             tone_hz=dominant_hz(pcm),
@@ -210,7 +217,8 @@ def call(front_url: str, method: str, uuid: str, conf_id: str, **params: str) ->
 
 
 def verdict(rx: Reception, me: MiniProgram, peer: MiniProgram) -> list[str]:
-    """What is wrong with what ``me`` received from a conference with ``peer``."""
+    """What is wrong with what ``me`` received from a conference with ``peer``: not the
+    peer's video, its own video, not the peer's tone, its own tone, lips out of sync."""
     problems = []
     if rx.flashes[peer.chroma] < FPS // 2:
         problems.append(f"saw {rx.flashes[peer.chroma]} of {peer.uuid}'s flash frames")
@@ -220,6 +228,9 @@ def verdict(rx: Reception, me: MiniProgram, peer: MiniProgram) -> list[str]:
         problems.append(f"dominant tone {rx.tone_hz}, not {peer.uuid}'s {peer.tone_hz} Hz")
     elif tone_level(rx.pcm, me.tone_hz) > -30:
         problems.append(f"hears its own {me.tone_hz} Hz tone")
+    low, high = LIP_SYNC_MS
+    if rx.av_offset_ms is not None and not low <= rx.av_offset_ms <= high:
+        problems.append(f"A/V offset {rx.av_offset_ms:+.0f} ms outside {low:+.0f}..{high:+.0f}")
     return problems
 
 
