@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -129,17 +129,21 @@ def test_unsupported_codecs_are_reported_and_skipped(nginx: NginxRtmp, ffmpeg_pu
     assert not mp3.audio and not flv1.video
 
 
-def h264_clip(frames: int, fps: int = 25) -> list[VideoFrame]:
+def h264_clip(frames: int, fps: int = 25, size: tuple[int, int] = (320, 240)
+              ) -> list[VideoFrame]:
     """A moving test pattern encoded by libx264 (baseline, a keyframe every second)."""
+    width, height = size
     enc = av.CodecContext.create("libx264", "w")
     assert isinstance(enc, av.VideoCodecContext)
-    enc.width, enc.height, enc.pix_fmt = 320, 240, "yuv420p"
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.time_base = Fraction(1, fps)
-    enc.options = {"profile": "baseline", "tune": "zerolatency", "g": str(fps), "threads": "1"}
+    enc.options = {"profile": "baseline", "tune": "zerolatency", "g": str(fps), "threads": "1",
+                   "sc_threshold": "0"}  # no scene-cut keyframes
     out: list[VideoFrame] = []
-    ramp = np.arange(320)
+    ramp = np.arange(width)
     for i in range(frames):
-        rgb = np.broadcast_to(((ramp + 4 * i) % 256).astype(np.uint8)[None, :, None], (240, 320, 3))
+        column = ((ramp + 4 * i) % 256).astype(np.uint8)[None, :, None]
+        rgb = np.broadcast_to(column, (height, width, 3))
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame = frame.reformat(format="yuv420p")
         frame.pts = i
@@ -155,6 +159,25 @@ def tone(hz: float, start: int, samples: int) -> Pcm:
     return (np.sin(2 * np.pi * hz * t) * 8000).astype(np.int16)
 
 
+def decoded_frames(framemd5: Path) -> int:
+    """How many video frames an ffmpeg player (:func:`ffmpeg_play`) decoded."""
+    return sum(1 for line in framemd5.read_text().splitlines()
+               if line and not line.startswith("#"))
+
+
+def end_players(procs: list[subprocess.Popen[bytes]]) -> list[str]:
+    """Wait for players to see the end of the stream (kill them after 15 s); their stderr."""
+    errors = []
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        errors.append(err.decode())
+    return errors
+
+
 def ffmpeg_play(url: str, workdir: Path) -> subprocess.Popen[bytes]:
     """Decode the stream with ffmpeg: PCM to audio.raw, one line per video frame."""
     return subprocess.Popen(
@@ -162,25 +185,32 @@ def ffmpeg_play(url: str, workdir: Path) -> subprocess.Popen[bytes]:
          "-i", url,
          "-map", "0:a", "-f", "s16le", "-ac", "1", "-ar", str(AUDIO_RATE),
          str(workdir / "audio.raw"),
-         "-map", "0:v?", "-f", "framemd5", str(workdir / "video.txt")],
+         "-map", "0:v?", "-fps_mode", "passthrough", "-f", "framemd5",
+         str(workdir / "video.txt")],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 
 
-def playing(nginx: NginxRtmp, stream: str) -> bool:
+def players(nginx: NginxRtmp, stream: str) -> int:
     for stream_el in nginx.stat().iter("stream"):
         if stream_el.findtext("name") == stream:
-            return any(c.find("publishing") is None for c in stream_el.iter("client"))
-    return False
+            return sum(1 for c in stream_el.iter("client") if c.find("publishing") is None)
+    return 0
 
 
-def push(writer: RtmpWriter, clip: list[VideoFrame], start_ms: int, hz: float) -> None:
-    """Write ``clip`` at 25 fps and the tone alongside, paced in real time."""
+def playing(nginx: NginxRtmp, stream: str) -> bool:
+    return players(nginx, stream) > 0
+
+
+def push(writer: RtmpWriter, clip: Sequence[VideoFrame | None], start_ms: int, hz: float
+         ) -> None:
+    """Write ``clip`` at 25 fps (``None``: audio only) and the tone alongside, in real time."""
     t0 = time.monotonic()
     sample = start_ms * AUDIO_RATE // 1000
     for i, frame in enumerate(clip):
         ms = start_ms + i * 40
-        writer.write_video(frame, ms)
+        if frame is not None:
+            writer.write_video(frame, ms)
         while sample * 1000 // AUDIO_RATE < ms + 40:
             writer.write_audio(AudioFrame(tone(hz, sample, AUDIO_FRAME_SAMPLES), 0.0),
                                sample * 1000 // AUDIO_RATE)
@@ -207,9 +237,7 @@ def test_writer_publishes_what_ffmpeg_decodes(nginx: NginxRtmp, tmp_path: Path,
         if player is not None:
             _, err = player.communicate(timeout=15)
     assert player.returncode == 0, err.decode()
-    decoded = sum(1 for line in (tmp_path / "video.txt").read_text().splitlines()
-                  if line and not line.startswith("#"))
-    assert decoded >= 0.9 * 75
+    assert decoded_frames(tmp_path / "video.txt") >= 0.9 * 75
     pcm = np.frombuffer((tmp_path / "audio.raw").read_bytes(), np.int16)
     assert len(pcm) >= 2 * AUDIO_RATE
     assert abs(dominant_hz(pcm[AUDIO_RATE // 2:]) - 440) < 5
@@ -263,3 +291,72 @@ def test_writer_republishes_after_nginx_restart(nginx: NginxRtmp, collector: Col
         assert writer.join(10)
     assert collector.count("connected") == 2 and collector.count("disconnected") == 1
     assert writer.stats.reconnects == 1
+
+
+
+
+def joined_at(nginx: NginxRtmp, count: int) -> float:
+    """When nginx-rtmp first lists ``count`` players of the stream "mix"."""
+    wait_for(lambda: players(nginx, "mix") >= count)
+    return time.monotonic()
+
+
+def test_video_comes_switches_and_goes_in_one_publication(nginx: NginxRtmp, tmp_path: Path,
+                                                          collector: Collector) -> None:
+    """AvSync's shape: audio only, + clip A, switch to clip B (another SPS), audio only again.
+
+    A player that joined before the first switch plays to the end without an
+    error, its audio covering the time it played; one that joins during B
+    decodes B's frames (from the keyframe nginx-rtmp starts it at).
+    """
+    clip_a, clip_b = h264_clip(50), h264_clip(75, size=(160, 120))
+    url = nginx.rtmp_url("mix")
+    writer = RtmpWriter(url, name="test", video=False,
+                        on_event=lambda k, i: collector.events.append((k, i)))
+    writer.start()
+    early, late = tmp_path / "early", tmp_path / "late"
+    early.mkdir()
+    late.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+    watchers: list[gevent.Greenlet] = []
+    try:
+        push(writer, [None] * 10, 0, hz=440)
+        assert nginx.is_publishing("mix")
+        procs.append(ffmpeg_play(url, early))
+        joined = gevent.spawn(joined_at, nginx, 1)  # polled while the stream goes on
+        watchers.append(joined)
+        push(writer, [None] * 25, 400, hz=440)
+        writer.set_video(True)
+        push(writer, clip_a, 1400, hz=440)
+        writer.set_video(True)
+        push(writer, clip_b[:10], 3400, hz=440)
+        procs.append(ffmpeg_play(url, late))
+        t_late = time.monotonic()
+        late_joined = gevent.spawn(joined_at, nginx, 2)
+        watchers.append(late_joined)
+        push(writer, clip_b[10:], 3800, hz=440)
+        writer.set_video(False)
+        push(writer, [None] * 25, 6400, hz=440)
+        ended = time.monotonic()
+    finally:
+        writer.close()
+        assert writer.join(10)
+        errors = end_players(procs)
+        gevent.killall(watchers)
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert collector.count("connected") == 1 and writer.stats.reconnects == 0
+    assert joined.get(timeout=0) < t_late
+    pcm = np.frombuffer((early / "audio.raw").read_bytes(), np.int16)
+    played = ended - joined.get(timeout=0)
+    coverage = len(pcm) / AUDIO_RATE / played
+    assert coverage >= 0.9
+    assert abs(dominant_hz(pcm[AUDIO_RATE // 4:]) - 440) < 5
+    joined_b = 10 + int((late_joined.get(timeout=0) - t_late) / 0.04) + 1  # clip_b index, or later
+    first_key = next(i for i in range(joined_b, len(clip_b)) if clip_b[i].keyframe)
+    expected = len(clip_b) - first_key
+    late_video = decoded_frames(late / "video.txt")
+    assert "#dimensions 0: 160x120" in (late / "video.txt").read_text()
+    assert late_video >= 0.8 * expected
+    print(f"early player: audio {len(pcm) / AUDIO_RATE:.2f} s over {played:.2f} s "
+          f"played ({coverage:.0%}), {decoded_frames(early / 'video.txt')} video frames; "
+          f"late player: {late_video} of {expected} B frames from its first keyframe")
