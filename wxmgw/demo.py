@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from wxmgw.media.frames import AUDIO_RATE
-from wxmgw.nginx import free_port
+from wxmgw.nginx import NginxRtmp, free_port
 from wxmgw.run import ROOT, Stack, StackPorts
 
 FLASH = 0.3
@@ -43,7 +43,8 @@ CHROMA_FLASH = 50.0
 LOUD_DB = -30.0
 """An audio frame this loud (RMS, dBFS) carries a tone."""
 PAIRING = 0.5
-"""Largest distance in seconds between a flash onset and the tone onset it goes with."""
+"""Largest distance in seconds between a flash onset and the tone onset it goes with: the
+flashes repeat every second, so an offset is known modulo 1 s (+0.6 s shows as -0.4 s)."""
 LIP_SYNC_MS = (-90.0, 185.0)
 """The A/V offsets viewers accept, sound early to sound late (ITU-R BT.1359-1, Fig. 1:
 the threshold of acceptability)."""
@@ -255,6 +256,12 @@ def _free_rtp_ports(size: int = 20) -> str:
     raise RuntimeError("no free UDP port range")
 
 
+def has_video(nginx: NginxRtmp, name: str) -> bool:
+    """Whether nginx-rtmp has seen H.264 in the publication of stream ``name``."""
+    return any(s.findtext("name") == name and s.findtext("meta/video/codec") == "H264"
+               for s in nginx.stat().iter("stream"))
+
+
 def _wait(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -288,8 +295,8 @@ def conference(stack: Stack, seconds: float, workdir: Path) -> bool:
             print(f"{mp.uuid:>5} wxreqavsync {peer.uuid}: {reply}")
         for mp in members:
             name = joined[mp]["pullaudiourl"].rsplit("/", 1)[1]
-            _wait(lambda n=name: stack.nginx.is_publishing(n), 20, f"{mp.uuid}'s mix stream")
-        time.sleep(1.0)  # the synced video joins the mix stream within a GOP
+            _wait(lambda n=name: has_video(stack.nginx, n), 20,
+                  f"{mp.uuid}'s mix stream with the synced video")
         listen = max(5.0, seconds - (time.monotonic() - started) - 4.0)
         print(f"both mix streams are live; each player listens for {listen:.0f} s")
         players = [Player(joined[mp]["pullaudiourl"], workdir / mp.uuid, listen)
