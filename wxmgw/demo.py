@@ -181,9 +181,10 @@ class Player:
         return self.analyse()
 
     def kill(self) -> None:
+        """End a player that is still running (a no-op after :meth:`result`)."""
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate()
+            self.proc.communicate()
 
     def analyse(self) -> Reception:
         video = _metadata(self.video_meta)
@@ -217,9 +218,11 @@ def call(front_url: str, method: str, uuid: str, conf_id: str, **params: str) ->
     return result
 
 
-def verdict(rx: Reception, me: MiniProgram, peer: MiniProgram) -> list[str]:
+def verdict(rx: Reception, me: MiniProgram, peer: MiniProgram, *,
+            lip_sync: bool = True) -> list[str]:
     """What is wrong with what ``me`` received from a conference with ``peer``: not the
-    peer's video, its own video, not the peer's tone, its own tone, lips out of sync."""
+    peer's video, its own video, not the peer's tone, its own tone, lips out of sync (if
+    ``lip_sync``)."""
     problems = []
     if rx.flashes[peer.chroma] < FPS // 2:
         problems.append(f"saw {rx.flashes[peer.chroma]} of {peer.uuid}'s flash frames")
@@ -230,7 +233,7 @@ def verdict(rx: Reception, me: MiniProgram, peer: MiniProgram) -> list[str]:
     elif tone_level(rx.pcm, me.tone_hz) > -30:
         problems.append(f"hears its own {me.tone_hz} Hz tone")
     low, high = LIP_SYNC_MS
-    if rx.av_offset_ms is not None and not low <= rx.av_offset_ms <= high:
+    if lip_sync and rx.av_offset_ms is not None and not low <= rx.av_offset_ms <= high:
         problems.append(f"A/V offset {rx.av_offset_ms:+.0f} ms outside {low:+.0f}..{high:+.0f}")
     return problems
 
