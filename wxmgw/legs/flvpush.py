@@ -1,8 +1,8 @@
 """FLV muxer glue: a uuid's audio channel (and a video channel) pushed as one RTMP stream.
 
 Used by Rtp2rtmp (a conference member shown to mini-programs) and by Rtmp2rtp
-(a mini-program's mix stream, with the video AvSync adds). The muxing, AAC
-encoding and RTMP publishing are FFmpeg's, in :class:`~wxmgw.media.rtmp_io.RtmpWriter`;
+(a mini-program's mix stream, with the video AvSync adds). FLV tags, AAC
+encoding and RTMP publishing are :class:`~wxmgw.media.rtmp_writer.RtmpWriter`'s;
 what this module decides is *when* each frame is written and with which
 timestamp (:class:`AvInterleaver`, pure and clocked from outside):
 
@@ -198,7 +198,7 @@ class FlvPublisher:
 
     Runs two greenlets on the hub (one per subscription) that feed an
     :class:`AvInterleaver` and hand its output to an :class:`RtmpWriter`
-    (FFmpeg in a worker thread, reconnecting with backoff). A video channel
+    (in a worker thread, reconnecting with backoff). A video channel
     given at start or by :meth:`set_video` starts at its cached keyframe.
     """
 
