@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import thriftpy2
 from conftest import ffmpeg_publish_args
-from media_checks import beep_times, flash_times, offsets, play_audio, record, wait_for
+from media_checks import beep_times, flash_times, offsets, record, wait_for
 from thriftpy2.rpc import make_client
 from wxmgw_proc import ROOT, GatewayProcess, free_port_range
 
@@ -221,5 +221,79 @@ def test_member_video_is_lip_synced_with_the_mix(
           f"{[round(x * 1000) for x in found]} ms; avOffsetMs {stats['avOffsetMs']}")
     assert len(found) >= 3, (seen, heard)
     assert max(abs(x) for x in found) <= MAX_OFFSET, (found, stats)
-    logged = [e for e in gateway.events("leg_stats") if e["uuid"] == mp]
-    assert any(e.get("avOffsetMs") is not None for e in logged)
+    assert leg_stats_had_offset(gateway, mp)
+
+
+def test_unknown_uuid_or_sync_uuid_gets_404(live: NginxRtmp, mcs: Any, mini: str) -> None:
+    assert av_sync(mcs, "mp-nobody", "") == 404
+    start_pull(mcs, live, "mp-404", mini, None)
+    try:
+        assert av_sync(mcs, "mp-404", "m-nobody") == 404
+        assert av_sync(mcs, "mp-404", "") == 0
+    finally:
+        assert mcs.StopPull(tpy.StopPullReq(uuid="mp-404", confId=CONF)).code == 0
+
+
+def gst_member_video(port: int) -> list[str]:
+    pipeline = (
+        "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=15/1 "
+        "! x264enc tune=zerolatency key-int-max=15 speed-preset=ultrafast bitrate=200 "
+        f"! rtph264pay config-interval=-1 pt={VIDEO_PT} ! udpsink host=127.0.0.1 port={port}"
+    )
+    return ["gst-launch-1.0", "-q", *pipeline.split()]
+
+
+def test_switching_members_and_back_to_audio_only_plays_through(
+        live: NginxRtmp, gateway: GatewayProcess, mcs: Any, mini: str,
+        procs: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    mp, members = "mp-switch", ["m-one", "m-two"]
+    start_pull(mcs, live, mp, mini, None)
+    for m in members:
+        ports = start_push(mcs, live, m, req=mp)
+        procs.append(subprocess.Popen(gst_member_video(ports.video), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        for m in members:
+            wait_for(lambda m=m: leg(gateway, "rtp2rtmp", m)["stats"]["video"]["frames"] > 0,
+                     what=f"{m}'s video")
+        assert av_sync(mcs, mp, members[0]) == 0
+        wait_for(lambda: leg(gateway, "rtmp2rtp", mp)["stats"]["mixOut"]["video_frames"] > 15,
+                 what="video in the mix stream")
+        seconds = 7.0
+        player = subprocess.Popen(
+            ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-rw_timeout", "5000000",
+             "-i", live.rtmp_url(f"{mp}-mix"), "-t", str(seconds), "-map", "0:a", "-f", "s16le",
+             "-ac", "1", "-ar", str(AUDIO_RATE), "-y", str(tmp_path / "heard.raw"),
+             "-t", str(seconds), "-map", "0:v", "-f", "null", "-"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(player)
+        for sync in (members[1], "", members[0]):
+            gevent.sleep(1.5)
+            assert av_sync(mcs, mp, sync) == 0
+            assert leg(gateway, "rtmp2rtp", mp)["syncUuid"] == sync
+        # The player decodes the video too: its output ends once the video reaches the end.
+        _, errors = player.communicate(timeout=seconds + 15)
+        # The synced member stops: the stream goes back to audio only.
+        assert mcs.StopPush(tpy.StopPushReq(uuid=members[0], confId=CONF)).code == 0
+        state = leg(gateway, "rtmp2rtp", mp)
+        assert state["syncUuid"] == "" and state["stats"]["avOffsetMs"] is None
+        switches = [e["video"] for e in gateway.events("flv_video_source") if e["uuid"] == mp]
+    finally:
+        for m in members:
+            mcs.StopPush(tpy.StopPushReq(uuid=m, confId=CONF))
+        assert mcs.StopPull(tpy.StopPullReq(uuid=mp, confId=CONF)).code == 0
+    heard = np.fromfile(tmp_path / "heard.raw", np.int16)
+    # The player's own null muxer complains when a switch's cached GOP, whose pictures are
+    # older than the last one shown, goes out with the last one's timestamp: not an error of
+    # the stream's demuxing or decoding.
+    problems = [line for line in errors.decode().splitlines()
+                if "non monotonically increasing dts" not in line and "repeated" not in line]
+    assert player.returncode == 0 and not problems, errors.decode()
+    assert len(heard) >= 0.95 * seconds * AUDIO_RATE, errors.decode()
+    assert switches == ["m-one/video", "m-two/video", "", "m-one/video", ""]
+    assert leg_stats_had_offset(gateway, mp)
+
+
+def leg_stats_had_offset(gw: GatewayProcess, uuid: str) -> bool:
+    return any(e.get("avOffsetMs") is not None for e in gw.events("leg_stats")
+               if e["uuid"] == uuid)
