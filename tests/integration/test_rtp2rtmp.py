@@ -13,7 +13,7 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import thriftpy2
 from conftest import ffmpeg_publish_args
+from media_checks import dominant_hz, wait_for
 from thriftpy2.rpc import make_client
 from wxmgw_proc import ROOT, GatewayProcess, free_port
 
@@ -33,7 +34,6 @@ from wxmgw.rtp.packet import is_rtcp
 
 tpy = thriftpy2.load(str(ROOT / "idl" / "wxmgw.thrift"), module_name="t_rtp2rtmp_thrift")
 
-WAIT = 20.0
 PLAY_SECONDS = 3.0
 FPS = 30
 VIDEO_PT = 96
@@ -44,22 +44,6 @@ AUDIO = {
     "G722": (9, 16000, "avenc_g722 ! rtpg722pay", 1100),
     "OPUS": (111, 48000, "opusenc ! rtpopuspay", 900),
 }
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not in time: {what}"
-        gevent.sleep(0.05)
-
-
-def dominant_hz(pcm: np.ndarray, rate: int = AUDIO_RATE) -> float:
-    """The strongest frequency of ``pcm``, checking that it stands out."""
-    x = pcm.astype(np.float64) * np.hanning(len(pcm))
-    spectrum = np.abs(np.fft.rfft(x))
-    peak = int(np.argmax(spectrum))
-    assert spectrum[peak] > 20 * np.median(spectrum), "no clear tone"
-    return peak * rate / len(pcm)
 
 
 @pytest.fixture(scope="module")
