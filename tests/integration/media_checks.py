@@ -71,8 +71,8 @@ def flash_times(path: Path, threshold: float = 128.0) -> list[float]:
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
             luma = float(frame.to_ndarray(format="gray").mean())
-            if luma > threshold and not bright and frame.pts is not None:
-                times.append(float(frame.pts * frame.time_base))
+            if luma > threshold and not bright and frame.time is not None:
+                times.append(frame.time)
             bright = luma > threshold
     return times
 
@@ -86,9 +86,9 @@ def beep_times(path: Path, gap: float = 0.3) -> list[float]:
         for frame in container.decode(audio=0):
             pcm = frame.to_ndarray()
             mono = pcm.reshape(-1) if pcm.shape[0] == 1 else pcm.mean(axis=0)
-            if frame.pts is None:
+            if frame.time is None:
                 continue
-            t0 = float(frame.pts * frame.time_base)
+            t0 = frame.time
             chunks.append(np.stack([t0 + np.arange(len(mono)) / frame.sample_rate,
                                     np.abs(mono.astype(np.float64))]))
     if not chunks:

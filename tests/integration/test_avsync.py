@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,10 @@ def leg(gw: GatewayProcess, kind: str, uuid: str) -> dict[str, Any]:
     return found
 
 
+def has_video(gw: GatewayProcess, uuid: str) -> bool:
+    return int(leg(gw, "rtp2rtmp", uuid)["stats"]["video"]["frames"]) > 0
+
+
 def rtpbin_sender(media: Path, video_port: int, audio_port: int, video_delay_ms: int) -> list[str]:
     """gst-launch arguments: the file's video and audio as two RTP sessions of one rtpbin
     (one clock, one CNAME, sender reports on port + 1), paced in real time.
@@ -254,8 +259,7 @@ def test_switching_members_and_back_to_audio_only_plays_through(
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         for m in members:
-            wait_for(lambda m=m: leg(gateway, "rtp2rtmp", m)["stats"]["video"]["frames"] > 0,
-                     what=f"{m}'s video")
+            wait_for(partial(has_video, gateway, m), what=f"{m}'s video")
         assert av_sync(mcs, mp, members[0]) == 0
         wait_for(lambda: leg(gateway, "rtmp2rtp", mp)["stats"]["mixOut"]["video_frames"] > 15,
                  what="video in the mix stream")

@@ -8,6 +8,7 @@ one's ``pushAudioUrl``, and an FFT finds the other's tone there, not its own.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,9 @@ def start_pull(mcs: Any, live: NginxRtmp, uuid: str) -> None:
     assert r.code == 0, r.message
 
 
-def pulled_audio(gw: GatewayProcess, uuid: str) -> int:
+def has_pulled_audio(gw: GatewayProcess, uuid: str) -> bool:
     (leg,) = [x for x in gw.state()["legs"] if x["uuid"] == uuid]
-    return int(leg["stats"]["framesIn"]["audio"])
+    return int(leg["stats"]["framesIn"]["audio"]) > 0
 
 
 def test_each_mini_program_hears_the_other_and_not_itself(
@@ -61,8 +62,8 @@ def test_each_mini_program_hears_the_other_and_not_itself(
         ffmpeg_publish(nginx.rtmp_url(uuid), tone_hz=hz, seconds=60)
         start_pull(mcs, nginx, uuid)
     for uuid in TONES:
-        wait_for(lambda u=uuid: nginx.is_publishing(f"{u}-mix"), what=f"{uuid}'s mix stream")
-        wait_for(lambda u=uuid: pulled_audio(gateway, u) > 0, what=f"{uuid}'s audio pulled")
+        wait_for(partial(nginx.is_publishing, f"{uuid}-mix"), what=f"{uuid}'s mix stream")
+        wait_for(partial(has_pulled_audio, gateway, uuid), what=f"{uuid}'s audio pulled")
 
     for uuid, own in TONES.items():
         (other,) = (hz for u, hz in TONES.items() if u != uuid)
