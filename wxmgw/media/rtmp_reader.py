@@ -62,7 +62,8 @@ class RtmpReader(_Worker):
         super().__init__(url, name, on_event, pool)
         self._on_video = on_video
         self._on_audio = on_audio
-        self._timeout = (open_timeout, read_timeout)
+        self._open_timeout = open_timeout
+        self._read_timeout = read_timeout
         self._reported: set[tuple[str, str]] = set()
 
     def _run(self) -> None:
@@ -78,8 +79,12 @@ class RtmpReader(_Worker):
 
     def _session(self) -> None:
         started = time.monotonic()
-        options = {"rw_timeout": str(int(self._timeout[1] * 1e6)), **_READER_OPTIONS}
-        container = av.open(self.url, options=options, timeout=self._timeout)
+        options = {"rw_timeout": str(int(self._read_timeout * 1e6)), **_READER_OPTIONS}
+        # No PyAV read timeout: its interrupt callback takes the GIL each time
+        # FFmpeg polls it (every socket read, many per packet), which made the
+        # worker threads and the hub fight for the GIL. FFmpeg's own rw_timeout
+        # bounds each read without Python; PyAV's bounds only the open.
+        container = av.open(self.url, options=options, timeout=(self._open_timeout, None))
         try:
             self._connected()
             self._backoff.reset()  # opening probed the streams: media is flowing
