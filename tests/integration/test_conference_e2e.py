@@ -217,10 +217,6 @@ def test_each_player_gets_the_others_video_and_tone_not_its_own(
         assert demo.verdict(rx, mp, peer, lip_sync=False) == [], rx.summary()
 
 
-@pytest.mark.skip(reason="missing: lip sync of AvSync in MAS-less rooms. The room mixer stamps "
-                  "the mix on arrival while the synced member's video keeps its RTMP pull's "
-                  "timeline (dd290ac); players measure offsets of 300-450 ms either way, "
-                  "outside ITU-R BT.1359's -90..+185 ms")
 def test_mix_stream_is_lip_synced(conference: Conference) -> None:
     low, high = demo.LIP_SYNC_MS
     for mp, _ in PAIRS:

@@ -77,3 +77,28 @@ def test_a_source_whose_timeline_lags_its_arrival_is_still_mixed():
     while (f := out.get(timeout=0)) is not None:
         heard.append(f.pcm)
     assert sum(int(np.abs(p).max() > 1000) for p in heard) >= 8
+
+
+def test_a_mix_frame_carries_the_capture_time_of_what_it_holds():
+    """So that a speaker's video synced into a listener's stream lines up with its voice."""
+    speaker, listener = Channel[AudioFrame]("a/audio"), Channel[AudioFrame]("b/audio")
+    sink = Channel[AudioFrame]("b/mix")
+    out = sink.subscribe(maxsize=100)
+    room = RoomMixer("c3")
+    room._greenlet = gevent.spawn(lambda: None)  # no real ticker: the test ticks by hand
+    room.add("a", speaker, Channel[AudioFrame]("a/mix"))
+    room.add("b", listener, sink)
+    lag = 0.7  # the speaker's timeline trails real time
+    captured = []
+    for i in range(20):
+        now = 100.0 + i * 0.02
+        ts = now - lag - (0.004 if i % 3 else 0.0)  # arrival jitter
+        captured.append(ts)
+        speaker.publish(AudioFrame(tone(500.0, 1), ts))
+        room.tick(now + 0.02)
+    stamps = []
+    while (f := out.get(timeout=0)) is not None:
+        stamps.append(f.ts)
+    assert len(stamps) == 20
+    errors = [abs(s - c) for s, c in zip(stamps, captured, strict=True)]
+    assert max(errors) < 0.005, errors

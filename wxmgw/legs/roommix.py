@@ -30,6 +30,9 @@ from wxmgw.pubsub import Channel, Subscription
 
 logger = logging.getLogger(__name__)
 
+#: How fast a source's delay estimate follows a path that got slower (per frame).
+DELAY_CREEP = 0.002
+
 
 class RoomMixer:
     def __init__(self, conf_id: str, clock: Callable[[], float] = time.monotonic) -> None:
@@ -38,6 +41,7 @@ class RoomMixer:
         self.mixer = Mixer(queue_frames=10)  # 200 ms: RTMP delivers audio in small bursts
         self._sources: dict[str, Subscription[AudioFrame]] = {}
         self._sinks: dict[str, Channel[AudioFrame]] = {}
+        self._delays: dict[str, float] = {}
         self._greenlet: gevent.Greenlet | None = None
         self.ticks = 0
         self.overruns = 0
@@ -62,6 +66,7 @@ class RoomMixer:
             return
         sub.close()
         del self._sinks[uuid]
+        self._delays.pop(uuid, None)
         self.mixer.remove_listener(uuid)
         self.mixer.remove_source(uuid)
         event(logger, "mixer_left", confId=self.conf_id, uuid=uuid, members=len(self._sinks))
@@ -74,6 +79,7 @@ class RoomMixer:
             self.mixer.remove_listener(uuid)
             self.mixer.remove_source(uuid)
         self._sinks.clear()
+        self._delays.clear()
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
@@ -86,17 +92,42 @@ class RoomMixer:
         }
 
     def tick(self, now: float) -> None:
-        """Move what the sources have into the mixer and publish one frame per listener."""
+        """Move what the sources have into the mixer and publish one frame per listener.
+
+        A source's frames carry capture times that lag their arrival by its own
+        path delay (an RTMP pull's FLV timeline trails real time by up to a
+        GOP). The mixer is fed arrival-aligned times, ``ts + delay`` with the
+        source's smallest delay seen, so nobody's frames look late; each
+        listener's mix frame then carries the capture time of what it holds,
+        so a member's video synced into that stream (AvSync) stays lip-synced.
+        """
         arrived = now - AUDIO_FRAME_SECONDS  # the start of this tick's window
         for uuid, sub in self._sources.items():
             while sub.pending:
                 frame = sub.get(timeout=0)
                 if frame is None:
                     break
-                self.mixer.push(uuid, AudioFrame(frame.pcm, arrived))
-        for uuid, frame in self.mixer.tick(now).items():
+                delay = self._observe_delay(uuid, arrived - frame.ts)
+                self.mixer.push(uuid, AudioFrame(frame.pcm, frame.ts + delay))
+        mixes = self.mixer.tick(now)
+        captured = {uuid: ts - self._delays[uuid] for uuid in self._sources
+                    if (ts := self.mixer.mixed_ts(uuid)) is not None}
+        for uuid, frame in mixes.items():
+            heard = [ts for source, ts in captured.items() if source != uuid]
+            if heard:
+                frame.ts = sum(heard) / len(heard)
             self._sinks[uuid].publish(frame)
         self.ticks += 1
+
+    def _observe_delay(self, uuid: str, delay: float) -> float:
+        """The source's path delay: the smallest seen, creeping up slowly if the path grows."""
+        known = self._delays.get(uuid)
+        if known is None or delay < known:
+            known = delay
+        else:
+            known += (delay - known) * DELAY_CREEP
+        self._delays[uuid] = known
+        return known
 
     def _run(self) -> None:
         # Mix a little behind real time, so a frame captured "now" is in its window.

@@ -70,6 +70,8 @@ class SourceStats:
 class _Source:
     queue: deque[AudioFrame]
     stats: SourceStats = field(default_factory=SourceStats)
+    #: ``ts`` of the frame mixed in the last tick (None: it gave silence)
+    mixed_ts: float | None = None
 
 
 class Mixer:
@@ -144,6 +146,11 @@ class Mixer:
         source.queue.append(frame)
         return True
 
+    def mixed_ts(self, key: str) -> float | None:
+        """``ts`` of the frame of ``key`` in the last tick's mix; None if it gave silence."""
+        source = self._sources.get(key)
+        return source.mixed_ts if source is not None else None
+
     def stats(self) -> dict[str, SourceStats]:
         """The live counters of every source."""
         return {key: source.stats for key, source in self._sources.items()}
@@ -162,9 +169,11 @@ class Mixer:
             frame = self._pop(source, oldest)
             if frame is None:
                 source.stats.underruns += 1
+                source.mixed_ts = None
                 rows[i] = 0
             else:
                 source.stats.mixed += 1
+                source.mixed_ts = frame.ts
                 rows[i] = frame.pcm
         if not self._listener_keys:
             return {}
