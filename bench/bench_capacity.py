@@ -1,0 +1,591 @@
+"""Capacity: N two-way mini-program legs in one wxmgw vs the same legs done by the ffmpeg CLI.
+
+Run: ``/tmp/venv0/bin/python bench/bench_capacity.py [--n 1,10,25,50] [--seconds 20]``.
+
+Each leg is a mini-program: an ffmpeg publisher looping a pre-encoded FLV
+(H.264 baseline 600 kbps 640x360 25 fps + AAC 44.1 kHz mono) with ``-re
+-stream_loop -1 -c copy``. For each N, side by side in one run:
+
+* **wxmgw**: StartPull of the leg's stream to a MAS peer (this script), with a
+  ``pushAudioUrl``; the peer echoes the audio RTP to where it came from (the
+  conference mix, symmetric RTP) and forwards the leg's audio and video RTP to
+  the ports a StartPush of the leg's member returned (the app-member
+  direction), which wxmgw pushes back to RTMP.
+* **ffmpeg**: the same work by one ffmpeg CLI process per direction per leg:
+  RTMP to RTP (the Rtmp2rtp issue's command), the echoed mix from RTP to RTMP,
+  the member's RTP to RTMP (the Rtp2rtmp issue's command).
+
+Measured over ``--seconds`` after ``--warmup``: CPU seconds per leg-minute of
+the gateway process / of the ffmpeg processes (user+system, from /proc); RSS
+per leg (gateway growth over its idle RSS / ffmpeg processes' RSS); media
+continuity, received ÷ expected at the far end: the MAS peer counts the RTP
+video frames (marker bits, 25 fps expected) and audio seconds (PCMA bytes ÷
+8000) of every leg, and RTMP players (PyAV demux in threads, a sample of
+``--players`` legs to keep the load low) count the pushed streams' video
+frames and AAC audio seconds (over the media time elapsed, or the wall time
+when a stream fell behind). Then, for ``--probe-seconds`` under the same
+load (its own CPU is not in the figures above): Thrift StartPush/StopPush
+p99 of a probe member started and stopped every 0.25 s.
+
+Hub lag is not exposed by the gateway; it is measured from outside as the
+round trip of a StopPush for an unknown uuid every 50 ms during the probes (a reply that needs
+nothing but a free hub), so it includes one loopback Thrift round trip.
+Added latency is not measured here (bench_rtmp2rtp.py's job).
+
+The machine is shared: absolute figures are noisy; the two sides run one
+after the other for each N, so their ratio is the figure to trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import psutil
+import thriftpy2
+from av.audio.codeccontext import AudioCodecContext
+from thriftpy2.rpc import make_client
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from wxmgw_proc import GatewayProcess, free_port_range  # noqa: E402
+
+from wxmgw.nginx import NginxRtmp  # noqa: E402
+
+tpy = thriftpy2.load(str(ROOT / "idl" / "wxmgw.thrift"), module_name="bench_capacity_thrift")
+FPS = 25
+PCMA_RATE = 8000
+PROBE_TIMEOUT = 5.0
+FFMPEG = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error"]
+CLIP = [
+    *FFMPEG, "-y", "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate={FPS}",
+    "-f", "lavfi", "-i", "sine=440:sample_rate=44100", "-t", "10",
+    "-c:v", "libx264", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-preset", "veryfast",
+    "-b:v", "600k", "-maxrate", "600k", "-bufsize", "600k", "-g", "50",
+    "-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-ac", "1",
+]
+SDP = """v=0
+o=- 0 0 IN IP4 127.0.0.1
+s=bench
+c=IN IP4 127.0.0.1
+t=0 0
+"""
+SDP_AUDIO = "m=audio {port} RTP/AVP 8\na=rtpmap:8 PCMA/8000\n"
+SDP_VIDEO = "m=video {port} RTP/AVP 96\na=rtpmap:96 H264/90000\na=fmtp:96 packetization-mode=1\n"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# -- the MAS peer ----------------------------------------------------------------------
+
+
+@dataclass
+class PeerLeg:
+    """One leg at the MAS: where its RTP arrives and where the peer sends it on."""
+
+    audio: socket.socket
+    video: socket.socket
+    push_audio: tuple[str, int] | None = None  # the member's StartPush ports
+    push_video: tuple[str, int] | None = None
+    mix_to: tuple[str, int] | None = None  # None: echo to the source (symmetric RTP)
+    frames: int = 0
+    audio_bytes: int = 0
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return self.audio.getsockname()[1], self.video.getsockname()[1]
+
+
+class MasPeer:
+    """Receives every leg's RTP in one thread, counts it, echoes and forwards it."""
+
+    def __init__(self) -> None:
+        self.legs: list[PeerLeg] = []
+        self._selector = selectors.DefaultSelector()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def add(self) -> PeerLeg:
+        lo, _ = free_port_range(4)
+        socks = []
+        for port in (lo, lo + 2):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", port))
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            socks.append(s)
+        leg = PeerLeg(socks[0], socks[1])
+        self._selector.register(leg.audio, selectors.EVENT_READ, (leg, True))
+        self._selector.register(leg.video, selectors.EVENT_READ, (leg, False))
+        self.legs.append(leg)
+        return leg
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def counts(self) -> list[tuple[int, int]]:
+        return [(leg.frames, leg.audio_bytes) for leg in self.legs]
+
+    def _run(self) -> None:
+        while not self._stop:
+            for key, _ in self._selector.select(0.2):
+                leg, is_audio = key.data
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                while True:
+                    try:
+                        data, addr = sock.recvfrom(65536)
+                    except (BlockingIOError, OSError):
+                        break
+                    if len(data) < 12 or 64 <= (data[1] & 0x7F) <= 95:
+                        continue  # RTCP
+                    try:
+                        if is_audio:
+                            leg.audio_bytes += len(data) - 12
+                            sock.sendto(data, leg.mix_to or addr)
+                            if leg.push_audio:
+                                sock.sendto(data, leg.push_audio)
+                        else:
+                            leg.frames += data[1] >> 7
+                            if leg.push_video:
+                                sock.sendto(data, leg.push_video)
+                    except OSError:
+                        pass
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        for leg in self.legs:
+            leg.audio.close()
+            leg.video.close()
+
+
+# -- RTMP players --------------------------------------------------------------------------
+
+
+class Player:
+    """Plays an RTMP stream in a thread (PyAV demux, no decoding) and counts what arrives."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.frames = 0
+        self.audio_seconds = 0.0
+        self.pts = {"video": 0.0, "audio": 0.0}  # latest media time seen, seconds
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                # Default probing: a pushed stream's video may start a GOP after
+                # its audio, and PyAV's demux() skips streams found after probing.
+                options = {"rw_timeout": "3000000", "fpsprobesize": "0"}
+                with av.open(self.url, options=options, timeout=(10.0, None)) as c:
+                    for packet in c.demux():
+                        if self._stop:
+                            return
+                        if not packet.size or packet.pts is None:
+                            continue
+                        kind = packet.stream.type
+                        if kind in self.pts:
+                            self.pts[kind] = float(packet.pts * packet.time_base)
+                        if kind == "video":
+                            self.frames += 1
+                        elif kind == "audio":
+                            ctx = packet.stream.codec_context
+                            assert isinstance(ctx, AudioCodecContext)
+                            rate = ctx.sample_rate or 1
+                            self.audio_seconds += 1024 / rate  # one AAC-LC frame
+            except Exception:
+                time.sleep(0.5)
+
+    def counts(self) -> tuple[int, float, float, float]:
+        return self.frames, self.audio_seconds, self.pts["video"], self.pts["audio"]
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+# -- probes of the Thrift service -------------------------------------------------------------
+
+
+class Probes:
+    """StartPush/StopPush of a probe member every 0.25 s, a no-op StopPush every 50 ms."""
+
+    def __init__(self, port: int, push_url: str) -> None:
+        self.push: list[float] = []
+        self.lag: list[float] = []
+        self._port = port
+        self._url = push_url
+        self._stop = False
+        self._threads = [threading.Thread(target=f, daemon=True)
+                         for f in (self._push_loop, self._lag_loop)]
+        for t in self._threads:
+            t.start()
+
+    def _timed(self, calls: list[tuple[str, Any]], into: list[float], pause: float) -> None:
+        """Make ``calls`` again and again; a call that times out counts as ``PROBE_TIMEOUT``."""
+        client = None
+        while not self._stop:
+            try:
+                if client is None:
+                    client = make_client(tpy.WxMgw, "127.0.0.1", self._port,
+                                         timeout=int(PROBE_TIMEOUT * 1000))
+                for method, req in calls:
+                    t0 = time.perf_counter()
+                    getattr(client, method)(req)
+                    into.append(time.perf_counter() - t0)
+            except Exception:  # a timeout or a dropped connection: the gateway is swamped
+                into.append(PROBE_TIMEOUT)
+                if client is not None:
+                    client.close()
+                client = None
+            time.sleep(pause)
+        if client is not None:
+            client.close()
+
+    def _push_loop(self) -> None:
+        start = tpy.StartPushReq(
+            uuid="probe", pushUrl=self._url, audioPayloadType=8, audioCodec="PCMA",
+            videoPayloadType=96, videoCodec="H264", confId="probe", reqUuid="probe",
+            weixin="false")
+        stop = tpy.StopPushReq(uuid="probe", confId="probe")
+        self._timed([("StartPush", start), ("StopPush", stop)], self.push, 0.25)
+
+    def _lag_loop(self) -> None:
+        self._timed([("StopPush", tpy.StopPushReq(uuid="nobody", confId="probe"))], self.lag, 0.05)
+
+    def stop(self) -> None:
+        self._stop = True
+        for t in self._threads:
+            t.join(15)
+
+
+# -- one side of one N -----------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    who: str
+    n: int
+    cpu_per_leg_minute: float
+    rss_mb_per_leg: float
+    rtp_video: float  # continuity at the MAS: mean over legs, and the worst leg
+    rtp_audio: float
+    rtp_worst: float
+    rtmp_video: float  # continuity at the players (sampled legs): member video/audio, mix audio
+    rtmp_audio: float
+    rtmp_mix: float
+    players: int
+    thrift_p99_ms: float | None = None
+    hub_lag_p50_ms: float | None = None
+    hub_lag_p99_ms: float | None = None
+    bench_cpu_per_minute: float = 0.0  # this script (MAS peer, players, probes)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def continuity(self) -> float:
+        return min(self.rtp_worst, self.rtmp_video, self.rtmp_audio, self.rtmp_mix)
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class Window:
+    """CPU and far-end counts between ``open()`` and ``close()``."""
+
+    def __init__(self, procs: list[psutil.Process], peer: MasPeer, players: list[Player]) -> None:
+        self.procs, self.peer, self.players = procs, peer, players
+        self.me = psutil.Process()
+
+    def open(self) -> None:
+        self.t0 = time.monotonic()
+        self.cpu0 = cpu_seconds(self.procs)
+        self.me0 = cpu_seconds([self.me])
+        self.peer0 = self.peer.counts()
+        self.players0 = [p.counts() for p in self.players]
+
+    def close(self, who: str, n: int, rss_per_leg: float) -> Result:
+        secs = time.monotonic() - self.t0
+        cpu = cpu_seconds(self.procs) - self.cpu0
+        me = cpu_seconds([self.me]) - self.me0
+        video, audio = [], []
+        for (f0, a0), (f1, a1) in zip(self.peer0, self.peer.counts(), strict=True):
+            video.append((f1 - f0) / (FPS * secs))
+            audio.append((a1 - a0) / PCMA_RATE / secs)
+        # Media received over media time elapsed, or over wall time when the
+        # stream fell behind: a player catching up on a backlog counts gaps only.
+        played = [((p1[0] - p0[0]) / FPS / max(secs, p1[2] - p0[2]),
+                   (p1[1] - p0[1]) / max(secs, p1[3] - p0[3]))
+                  for p0, p1 in zip(self.players0, (p.counts() for p in self.players), strict=True)]
+        members, mixes = played[0::2], played[1::2]
+        return Result(
+            who=who, n=n,
+            cpu_per_leg_minute=cpu / n * 60 / secs,
+            rss_mb_per_leg=rss_per_leg / 2**20,
+            rtp_video=statistics.fmean(video), rtp_audio=statistics.fmean(audio),
+            rtp_worst=min(min(video), min(audio)),
+            rtmp_video=statistics.fmean(v for v, _ in members),
+            rtmp_audio=statistics.fmean(a for _, a in members),
+            rtmp_mix=statistics.fmean(a for _, a in mixes),
+            players=len(members),
+            bench_cpu_per_minute=me * 60 / secs,
+        )
+
+
+def rss(procs: list[psutil.Process]) -> int:
+    return sum(p.memory_info().rss for p in procs)
+
+
+def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> Result:
+    gw = GatewayProcess(tmp, rtp_ports=8 * n + 32)
+    peer = MasPeer()
+    client = make_client(tpy.WxMgw, "127.0.0.1", gw.thrift_port, timeout=20000)
+    probes: Probes | None = None
+    players: list[Player] = []
+    try:
+        proc = psutil.Process(gw.proc.pid)
+        idle = rss([proc])
+        for i in range(n):
+            leg = peer.add()
+            audio, video = leg.ports
+            r = client.StartPush(tpy.StartPushReq(
+                uuid=f"app{i}", pushUrl=live.rtmp_url(f"wx-member{i}"), audioPayloadType=8,
+                audioCodec="PCMA", videoPayloadType=96, videoCodec="H264", confId=f"c{i}",
+                reqUuid=f"mp{i}", weixin="false"))
+            assert r.code == 0, r.message
+            leg.push_audio = ("127.0.0.1", r.port.audio)
+            leg.push_video = ("127.0.0.1", r.port.video)
+            r = client.StartPull(tpy.StartPullReq(
+                uuid=f"mp{i}", pullUrl=live.rtmp_url(f"mp{i}"), ssrc=1000 + i,
+                masIp="127.0.0.1", audioPort=audio, videoPort=video, audioPayloadType=8,
+                audioCodec="PCMA", videoPayloadType=96, VideoCodec="H264",
+                pushAudioUrl=live.rtmp_url(f"wx-mix{i}"), confId=f"c{i}"))
+            assert r.code == 0, r.message
+        peer.start()
+        for i in range(min(n, args.players)):
+            players += [Player(live.rtmp_url(f"wx-member{i}")), Player(live.rtmp_url(f"wx-mix{i}"))]
+        time.sleep(args.warmup)
+        window = Window([proc], peer, players)
+        window.open()
+        time.sleep(args.seconds)
+        result = window.close("wxmgw", n, (rss([proc]) - idle) / n)
+        # The probes cost CPU of their own (a StartPush connects to the live
+        # server): they run after the measured window, under the same load.
+        probes = Probes(gw.thrift_port, live.rtmp_url("wx-probe"))
+        time.sleep(args.probe_seconds)
+        probes.stop()
+        result.thrift_p99_ms = pct(probes.push, 99) * 1000
+        result.hub_lag_p50_ms = pct(probes.lag, 50) * 1000
+        result.hub_lag_p99_ms = pct(probes.lag, 99) * 1000
+        return result
+    finally:
+        if probes is not None:
+            probes.stop()
+        for p in players:
+            p.stop()
+        client.close()
+        gw.stop()
+        peer.close()
+
+
+def sdp_file(tmp: Path, name: str, audio: int, video: int | None) -> Path:
+    path = tmp / f"{name}.sdp"
+    text = SDP + SDP_AUDIO.format(port=audio)
+    if video is not None:
+        text += SDP_VIDEO.format(port=video)
+    path.write_text(text)
+    return path
+
+
+def run_ffmpeg(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> Result:
+    peer = MasPeer()
+    procs: list[subprocess.Popen[bytes]] = []
+    players: list[Player] = []
+
+    def spawn(cmd: list[str]) -> None:
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+
+    try:
+        for i in range(n):
+            leg = peer.add()
+            audio, video = leg.ports
+            member_lo, _ = free_port_range(4)
+            mix_lo, _ = free_port_range(2)
+            leg.push_audio = ("127.0.0.1", member_lo)
+            leg.push_video = ("127.0.0.1", member_lo + 2)
+            leg.mix_to = ("127.0.0.1", mix_lo)
+            member = sdp_file(tmp, f"member{i}", member_lo, member_lo + 2)
+            mix = sdp_file(tmp, f"mix{i}", mix_lo, None)
+            spawn([*FFMPEG, "-protocol_whitelist", "file,udp,rtp", "-i", str(member),
+                   "-c:v", "copy", "-c:a", "aac", "-f", "flv", live.rtmp_url(f"ff-member{i}")])
+            spawn([*FFMPEG, "-protocol_whitelist", "file,udp,rtp", "-i", str(mix),
+                   "-c:a", "aac", "-f", "flv", live.rtmp_url(f"ff-mix{i}")])
+            spawn([*FFMPEG, "-i", live.rtmp_url(f"mp{i}"),
+                   "-map", "0:v", "-c:v", "copy", "-bsf:v", "h264_mp4toannexb",
+                   "-f", "rtp", f"rtp://127.0.0.1:{video}",
+                   "-map", "0:a", "-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1",
+                   "-f", "rtp", f"rtp://127.0.0.1:{audio}"])
+        peer.start()
+        for i in range(min(n, args.players)):
+            players += [Player(live.rtmp_url(f"ff-member{i}")), Player(live.rtmp_url(f"ff-mix{i}"))]
+        time.sleep(args.warmup)
+        ps = [psutil.Process(p.pid) for p in procs]
+        window = Window(ps, peer, players)
+        window.open()
+        time.sleep(args.seconds)
+        result = window.close("ffmpeg", n, rss(ps) / n)
+        dead = sum(proc.poll() is not None for proc in procs)
+        if dead:
+            result.notes.append(f"{dead} ffmpeg processes exited early")
+        return result
+    finally:
+        for player in players:
+            player.stop()
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+        peer.close()
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_row(r: Result) -> None:
+    print(f"{r.n:>4} {r.who:>7} {r.cpu_per_leg_minute:>9.2f} {r.rss_mb_per_leg:>8.1f} "
+          f"{r.rtp_video:>7.1%} {r.rtp_audio:>7.1%} {r.rtp_worst:>7.1%} "
+          f"{r.rtmp_video:>7.1%} {r.rtmp_audio:>7.1%} {r.rtmp_mix:>7.1%} "
+          f"{fmt(r.thrift_p99_ms, '>8.1f')} {fmt(r.hub_lag_p50_ms, '>6.1f')} "
+          f"{fmt(r.hub_lag_p99_ms, '>6.1f')} {r.bench_cpu_per_minute:>6.1f} {' '.join(r.notes)}",
+          flush=True)
+
+
+HEADER = (f"{'N':>4} {'who':>7} {'CPU s/lm':>9} {'RSS MB':>8} {'rtp v':>7} {'rtp a':>7} "
+          f"{'rtp min':>7} {'rtmp v':>7} {'rtmp a':>7} {'mix a':>7} {'thr p99':>8} "
+          f"{'lag50':>6} {'lag99':>6} {'bench':>6}")
+
+
+def plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cpu_ax, cont_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for who, style in (("wxmgw", "o-"), ("ffmpeg", "s--")):
+        rs = [r for r in results if r.who == who]
+        ns = [r.n for r in rs]
+        cpu_ax.plot(ns, [r.cpu_per_leg_minute for r in rs], style, label=who)
+        cont_ax.plot(ns, [100 * r.continuity for r in rs], style, label=who)
+    cpu_ax.set(xlabel="two-way legs (N)", ylabel="CPU s per leg-minute",
+               title="CPU per leg (lower is better)")
+    cont_ax.axhline(99, color="grey", lw=0.8, ls=":")
+    cont_ax.set(xlabel="two-way legs (N)", ylabel="worst continuity %",
+                title="media continuity at the far end")
+    for ax in (cpu_ax, cont_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("wxmgw vs ffmpeg CLI, 2 shared cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", default="1,10,25,50",
+                        help="leg counts; 100 is added when 50 holds 99%% continuity")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=8.0)
+    parser.add_argument("--probe-seconds", type=float, default=8.0)
+    parser.add_argument("--players", type=int, default=3, help="legs whose RTMP output is played")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--png", type=Path, default=ROOT / "bench" / "capacity.png")
+    args = parser.parse_args()
+    ns = [int(x) for x in args.n.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    results: list[Result] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmpdir, NginxRtmp(Path(tmpdir) / "nginx") as live:
+        tmp = Path(tmpdir)
+        clip = tmp / "clip.flv"
+        subprocess.run([*CLIP, str(clip)], check=True)
+        print(f"{args.seconds:.0f} s per side after {args.warmup:.0f} s warm-up; continuity = "
+              f"received / expected; CPU s/lm = CPU s per leg-minute; lag = hub lag (ms)")
+        print("rtp = at the MAS peer (all legs), rtmp/mix = at the players "
+              f"({args.players} legs), thr p99 = StartPush/StopPush (ms)")
+        print(HEADER)
+        queue = list(ns)
+        while queue:
+            n = queue.pop(0)
+            publishers = [subprocess.Popen(
+                [*FFMPEG, "-re", "-stream_loop", "-1", "-i", str(clip), "-c", "copy", "-f", "flv",
+                 live.rtmp_url(f"mp{i}")], stdin=subprocess.DEVNULL) for i in range(n)]
+            try:
+                deadline = time.monotonic() + 30
+                while not all(live.is_publishing(f"mp{i}") for i in range(n)):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("publishers did not start")
+                    time.sleep(0.2)
+                for run in (run_wxmgw, run_ffmpeg):
+                    result = run(tmp, live, n, args)
+                    results.append(result)
+                    print_row(result)
+            finally:
+                for publisher in publishers:
+                    publisher.kill()
+                    publisher.wait()
+            if n == 50 and 100 not in ns and results[-2].continuity >= 0.99:
+                queue.append(100)
+    print(f"total {time.monotonic() - started:.0f} s")
+
+    summary: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seconds": args.seconds,
+        "cpus": psutil.cpu_count(),
+        "load_average": list(psutil.getloadavg()),
+        "results": [asdict(r) | {"continuity": r.continuity} for r in results],
+    }
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in (args.out / f"capacity-{stamp}.json", args.out / "capacity.json"):
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+    plot(results, args.png)
+    print(f"wrote {args.out / 'capacity.json'} and {args.png}")
+
+
+if __name__ == "__main__":
+    main()
