@@ -80,3 +80,21 @@ def ffmpeg_publish() -> Iterator[Publish]:
         proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxRtmp]:
+    """One nginx-rtmp for a whole test module (``nginx`` is one per test)."""
+    with NginxRtmp(tmp_path_factory.mktemp("nginx")) as server:
+        yield server
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts (publishers, GStreamer peers, players); killed at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

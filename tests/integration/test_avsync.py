@@ -42,12 +42,6 @@ MAX_OFFSET = 0.040
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxRtmp]:
-    with NginxRtmp(tmp_path_factory.mktemp("nginx")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     gw = GatewayProcess(tmp_path_factory.mktemp("gw"), rtp_ports=24,
                         extra=["--stats-interval", "1"])
@@ -93,16 +87,6 @@ def flashes(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True, timeout=30, stdin=subprocess.DEVNULL,
     )
     return out
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 class MasPeer:

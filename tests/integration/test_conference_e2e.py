@@ -110,17 +110,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 
 @pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Publishers a test starts; killed at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-@pytest.fixture
 def masless(tmp_path: Path, gateway: GatewayProcess) -> Iterator[Stack]:
     stack = Stack(tmp_path, gateway, [])
     yield stack

@@ -80,12 +80,6 @@ class Publisher:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxRtmp]:
-    with NginxRtmp(tmp_path_factory.mktemp("nginx")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def stream(live: NginxRtmp) -> Iterator[Publisher]:
     """The mini-program: H.264 baseline + AAC 44.1 kHz mono carrying TONE_HZ."""
     pub = Publisher(live, "mini").start()

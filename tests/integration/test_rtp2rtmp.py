@@ -28,7 +28,6 @@ from thriftpy2.rpc import make_client
 from wxmgw_proc import ROOT, GatewayProcess, free_port
 
 from wxmgw.media.frames import AUDIO_RATE
-from wxmgw.nginx import NginxRtmp
 from wxmgw.rtp import rtcp
 from wxmgw.rtp.packet import is_rtcp
 
@@ -47,12 +46,6 @@ AUDIO = {
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxRtmp]:
-    with NginxRtmp(tmp_path_factory.mktemp("nginx")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     gw = GatewayProcess(tmp_path_factory.mktemp("gw"), rtp_ports=40)
     yield gw
@@ -62,17 +55,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 @pytest.fixture(scope="module")
 def mcs(gateway: GatewayProcess) -> Any:
     return make_client(tpy.WxMgw, "127.0.0.1", gateway.thrift_port, timeout=10000)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; killed at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def start_push(mcs: Any, uuid: str, url: str, codec: str = "PCMA", req: str = "viewer",
