@@ -45,9 +45,9 @@ LOUD_DB = -30.0
 PAIRING = 0.5
 """Largest distance in seconds between a flash onset and the tone onset it goes with: the
 flashes repeat every second, so an offset is known modulo 1 s (+0.6 s shows as -0.4 s)."""
-LIP_SYNC_MS = (-90.0, 185.0)
-"""The A/V offsets viewers accept, sound early to sound late (ITU-R BT.1359-1, Fig. 1:
-the threshold of acceptability)."""
+LIP_SYNC_MS = (-40.0, 40.0)
+"""The A/V offsets wxmgw promises for AvSync, sound early to sound late: well inside what
+viewers accept (ITU-R BT.1359-1, Fig. 1: -90 ms to +185 ms)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,3 +102,22 @@ def test_a_mix_frame_carries_the_capture_time_of_what_it_holds():
     assert len(stamps) == 20
     errors = [abs(s - c) for s, c in zip(stamps, captured, strict=True)]
     assert max(errors) < 0.005, errors
+
+
+def test_a_tick_with_nothing_to_mix_stays_on_the_speakers_timeline():
+    """Silence between words must not jump the mix to arrival time (the FLV muxer would resync)."""
+    speaker, listener = Channel[AudioFrame]("a/audio"), Channel[AudioFrame]("b/audio")
+    sink = Channel[AudioFrame]("b/mix")
+    out = sink.subscribe(maxsize=100)
+    room = RoomMixer("c4")
+    room._greenlet = gevent.spawn(lambda: None)  # no real ticker: the test ticks by hand
+    room.add("a", speaker, Channel[AudioFrame]("a/mix"))
+    room.add("b", listener, sink)
+    lag = 0.5
+    speaker.publish(AudioFrame(tone(500.0, 1), 100.0 - lag))
+    room.tick(100.02)
+    room.tick(100.04)  # the speaker has nothing this time
+    first, second = out.get(timeout=0), out.get(timeout=0)
+    assert first is not None and second is not None
+    assert abs(first.ts - (100.0 - lag)) < 0.005
+    assert abs(second.ts - (100.02 - lag)) < 0.005

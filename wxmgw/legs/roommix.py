@@ -114,6 +114,8 @@ class RoomMixer:
                     if (ts := self.mixer.mixed_ts(uuid)) is not None}
         for uuid, frame in mixes.items():
             heard = [ts for source, ts in captured.items() if source != uuid]
+            if not heard:  # nobody had a frame: stay on the speakers' timeline all the same
+                heard = [frame.ts - d for source, d in self._delays.items() if source != uuid]
             if heard:
                 frame.ts = sum(heard) / len(heard)
             self._sinks[uuid].publish(frame)
