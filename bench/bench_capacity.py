@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from common import cpu_seconds, fmt, pct_ms  # noqa: E402
 from wxmgw_proc import GatewayProcess, free_port_range  # noqa: E402
 
 from wxmgw.nginx import NginxRtmp  # noqa: E402
@@ -88,11 +89,6 @@ SDP_AUDIO = "m=audio {port} RTP/AVP 8\na=rtpmap:8 PCMA/8000\n"
 SDP_VIDEO = "m=video {port} RTP/AVP 96\na=rtpmap:96 H264/90000\na=fmtp:96 packetization-mode=1\n"
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 # -- the MAS peer ----------------------------------------------------------------------
@@ -308,15 +304,6 @@ class Result:
         return min(self.rtp_worst, self.rtmp_video, self.rtmp_audio, self.rtmp_mix)
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 class Window:
@@ -403,9 +390,9 @@ def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> R
         probes = Probes(gw.thrift_port, live.rtmp_url("wx-probe"))
         time.sleep(args.probe_seconds)
         probes.stop()
-        result.thrift_p99_ms = pct(probes.push, 99) * 1000
-        result.hub_lag_p50_ms = pct(probes.lag, 50) * 1000
-        result.hub_lag_p99_ms = pct(probes.lag, 99) * 1000
+        result.thrift_p99_ms = pct_ms(probes.push, 99)
+        result.hub_lag_p50_ms = pct_ms(probes.lag, 50)
+        result.hub_lag_p99_ms = pct_ms(probes.lag, 99)
         return result
     finally:
         if probes is not None:
@@ -481,8 +468,6 @@ def run_ffmpeg(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> 
 # -- output ------------------------------------------------------------------------------------
 
 
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def print_row(r: Result) -> None:

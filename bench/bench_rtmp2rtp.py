@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from common import cpu_seconds  # noqa: E402
 from wxmgw_proc import GatewayProcess, free_port_range  # noqa: E402
 
 from wxmgw.nginx import NginxRtmp  # noqa: E402
@@ -67,8 +68,6 @@ class Sink:
             return
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
 
 
 def measure(procs: list[psutil.Process], seconds: float) -> tuple[float, int]:

@@ -67,7 +67,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from bench_rtmp2rtp import cpu_seconds, tpy  # noqa: E402
+from bench_rtmp2rtp import tpy  # noqa: E402
+from common import cpu_seconds, fmt, pct_ms  # noqa: E402
 from wxmgw_proc import GatewayProcess, free_port_range  # noqa: E402
 
 from wxmgw.nginx import NginxRtmp  # noqa: E402
@@ -273,11 +274,6 @@ class Player:
 # -- one side, one N --------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 @dataclass(slots=True)
@@ -348,8 +344,8 @@ def measure(side: Side, who: str, clip: Clip, live: NginxRtmp,
         who=who, n=n, seconds=round(secs, 1),
         cpu_per_leg_minute=(cpu1 - cpu0) / n * 60 / secs,
         rss_mb_per_leg=rss / n / 2**20,
-        latency_ms_p50=None if not latencies else 1000 * (pct(latencies, 50) or 0.0),
-        latency_ms_p99=None if not latencies else 1000 * (pct(latencies, 99) or 0.0),
+        latency_ms_p50=pct_ms(latencies, 50),
+        latency_ms_p99=pct_ms(latencies, 99),
         latency_ms_min=None if not latencies else 1000 * min(latencies),
         latency_samples=len(latencies),
         video_continuity=min(video) if video else None,
@@ -415,8 +411,6 @@ def run_ffmpeg(tmp: Path, live: NginxRtmp, clip: Clip, n: int,
 # -- output --------------------------------------------------------------------------------
 
 
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def print_row(r: Result) -> None:
