@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import WxmgwError
+from .procs import terminate
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +163,8 @@ class NginxRtmp:
     def stop(self) -> None:
         """Terminate nginx (fast shutdown), killing it if it lingers."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc, timeout=5.0)
 
     def restart(self) -> None:
         """Kill nginx abruptly (every RTMP session drops) and start it again."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 from wxmgw.nginx import NginxRtmp
+from wxmgw.procs import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,14 +117,7 @@ class Stack:
     def stop(self) -> list[subprocess.Popen[bytes]]:
         """Stop everything (SIGTERM, then kill); the processes that did not end cleanly."""
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)
         self.nginx.stop()
         return [p for p in self.procs if p.returncode not in (0, -signal.SIGTERM)]
 

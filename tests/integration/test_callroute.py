@@ -13,7 +13,6 @@ import io
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from callroute.gateways import Gateways
 from callroute.mcs import Mcs
 from callroute.rooms import Rooms
 from callroute.server import App
+from wxmgw.procs import terminate
 from wxmgw.thrift import wxmgw_thrift as t
 
 SEED = json.loads((ROOT / "tests" / "data" / "callroute_seed.json").read_text())
@@ -99,14 +99,7 @@ class FrontProcess:
         return reply
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return terminate(self.proc)
 
 
 @pytest.fixture(scope="module")

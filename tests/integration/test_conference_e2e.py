@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from wxmgw_proc import ROOT, GatewayProcess, free_port
 from wxmgw import demo
 from wxmgw.demo import ALICE, BOB, MiniProgram, Player, call
 from wxmgw.nginx import NginxRtmp
+from wxmgw.procs import terminate
 from wxmgw.rtp.packet import RtpPacket
 
 LISTEN = 4.0
@@ -92,13 +92,7 @@ class Stack:
         """Members still joined (a test failed) quit, so the shared gateway is left idle."""
         for uuid, conf in self.joined:
             call(self.url, "wxquitconf", uuid, conf)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.nginx.stop()
 
 

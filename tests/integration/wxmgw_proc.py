@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from wxmgw.procs import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,11 +87,4 @@ class GatewayProcess:
         return [e for e in lines if e.get("event") == name]
 
     def stop(self, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return terminate(self.proc, timeout)
