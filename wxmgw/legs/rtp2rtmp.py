@@ -118,8 +118,20 @@ class Rtp2rtmp(Leg):
 class _Receiver:
     """One incoming RTP stream of the member: its session and reception counters."""
 
-    def __init__(self, session: RtpSession) -> None:
-        self.session = session
+    def __init__(
+        self,
+        pair: PortPair,
+        name: str,
+        receive: ReceiveConfig,
+        offset: ClockOffset,
+        log: Callable[..., None],
+    ) -> None:
+        self.session = RtpSession(
+            pair, name, receive=receive, on_media=self._on_media, offset=offset, log=log
+        )
+
+    def _on_media(self, media: Media) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         self.session.start()
@@ -164,10 +176,7 @@ class VideoReceiver(_Receiver):
         log: Callable[..., None],
     ) -> None:
         super().__init__(
-            RtpSession(
-                pair, "video", receive=ReceiveConfig(target.payload_type, VIDEO_CLOCK_RATE),
-                on_media=self._on_media, offset=offset, log=log,
-            )
+            pair, "video", ReceiveConfig(target.payload_type, VIDEO_CLOCK_RATE), offset, log
         )
         self.channel = channels.video
         self.depacketizer = H264Depacketizer()
@@ -224,10 +233,7 @@ class AudioReceiver(_Receiver):
     ) -> None:
         self.codec = audio_codec(target.codec)
         super().__init__(
-            RtpSession(
-                pair, "audio", receive=ReceiveConfig(target.payload_type, self.codec.clock_rate),
-                on_media=self._on_media, offset=offset, log=log,
-            )
+            pair, "audio", ReceiveConfig(target.payload_type, self.codec.clock_rate), offset, log
         )
         self.channel = channels.audio
         self.decoder = AudioDecoder(self.codec.name)
