@@ -1,15 +1,15 @@
 """Audio codecs of the gateway: AAC (FLV side) and PCMA/PCMU/G.722/Opus (RTP side).
 
-Every codec and every rate conversion is FFmpeg's, through PyAV: the codec
-contexts do the coding, ``av.AudioResampler`` (libswresample) converts between
-the gateway's internal format (mono 48 kHz int16, see ``frames.py``) and each
-codec's own rate and sample format, and its ``frame_size`` cuts the codec's
-frames. G.711 goes through PyAV too: a numpy lookup table was measured against
-it (1.2 vs 2.3 µs to encode a 20 ms packet, 1.1 vs 4.7 µs to decode one) and
-saves too little of the ~15 µs a packet costs in all, most of which is the
-resampling that has to happen anyway.
+The codecs are FFmpeg's, through PyAV, except G.711, which is a pair of
+look-up tables filled from FFmpeg's coder (:mod:`wxmgw.media.dsp`). The
+gateway's internal format is mono 48 kHz int16 (see ``frames.py``); the RTP
+codecs sample at 8, 16 or 48 kHz, so those conversions are integer-ratio
+polyphase filters in numpy. Per-packet work stays in numpy because every PyAV
+call hands the GIL over to whichever worker thread waits for it, and on the
+hub that costs a wait (see ``dsp.py``); only AAC at a rate that does not
+divide 48 kHz goes through libswresample.
 
-Each ``AudioDecoder``/``AudioEncoder`` owns its codec context and resampler and
+Each ``AudioDecoder``/``AudioEncoder`` owns its codec context and filters and
 nothing else is mutable, so instances may run in worker threads (PyAV releases
 the GIL in codec calls); one instance must not be used by two threads at once.
 """
@@ -27,10 +27,13 @@ from av.audio.frame import AudioFrame
 from av.audio.resampler import AudioResampler
 
 from wxmgw.errors import InvalidArgument, MediaError
+from wxmgw.media.dsp import G711, Decimator, Interpolator
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, Pcm
 
-_TIME_BASE = Fraction(1, AUDIO_RATE)
 _PACKET_MS = 20
+_G711 = ("pcm_alaw", "pcm_mulaw")
+_NO_SAMPLES: Pcm = np.zeros(0, np.int16)
+_NO_SAMPLES.flags.writeable = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +86,15 @@ def audio_codec(name: str) -> CodecInfo:
 
 
 class AudioDecoder:
-    """Decodes one stream's payloads to mono 48 kHz int16."""
+    """Decodes one stream's payloads to mono 48 kHz int16.
 
-    __slots__ = ("_ctx", "_resampler", "_source")
+    G.711 is a table look-up and 8, 16 or 24 kHz reach 48 kHz through
+    :class:`~wxmgw.media.dsp.Interpolator`: no FFmpeg call at all for PCMA
+    and PCMU, one per packet for G.722 and Opus. Only a rate that does not
+    divide 48 kHz (AAC at 44.1 kHz) goes through libswresample.
+    """
+
+    __slots__ = ("_ctx", "_g711", "_name", "_source", "_swr", "_up")
 
     def __init__(
         self,
@@ -106,6 +115,16 @@ class AudioDecoder:
         else:
             info = audio_codec(codec)
             ffmpeg_name, rate = info.ffmpeg_name, sample_rate or info.sample_rate
+        self._name = ffmpeg_name
+        self._source: tuple[str, str, int] | None = None
+        self._swr: AudioResampler | None = None
+        self._up: Interpolator | None = None
+        self._ctx: AudioCodecContext | None = None
+        self._g711: G711 | None = None
+        if ffmpeg_name in _G711 and channels == 1 and rate == 8000:
+            self._g711 = G711(ffmpeg_name)
+            self._up = Interpolator(AUDIO_RATE // rate)
+            return
         ctx = av.CodecContext.create(ffmpeg_name, "r")
         assert isinstance(ctx, AudioCodecContext)
         if rate:
@@ -118,8 +137,6 @@ class AudioDecoder:
         except av.error.FFmpegError as e:
             raise MediaError(f"cannot open {ffmpeg_name} decoder: {e}") from e
         self._ctx = ctx
-        self._resampler = AudioResampler("s16", "mono", AUDIO_RATE)
-        self._source: tuple[str, str, int] | None = None
 
     def decode(self, payload: bytes) -> Pcm:
         """Decode one codec frame (an RTP payload or a raw AAC frame).
@@ -129,24 +146,47 @@ class AudioDecoder:
         any bytes); the decoder stays usable.
         """
         if not payload:
-            return np.zeros(0, np.int16)
+            return _NO_SAMPLES
+        if self._g711 is not None:
+            assert self._up is not None
+            return self._up(self._g711.decode(payload))
+        assert self._ctx is not None
         try:
-            frames = self._ctx.decode(av.Packet(payload))
-            chunks = [pcm for frame in frames for pcm in self._resample(frame)]
+            return _joined([self._to_internal(f) for f in self._ctx.decode(av.Packet(payload))])
         except (av.error.FFmpegError, ValueError) as e:
-            raise MediaError(f"undecodable {self._ctx.name} payload: {e}") from e
-        if len(chunks) == 1:
-            return chunks[0]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+            raise MediaError(f"undecodable {self._name} payload: {e}") from e
 
-    def _resample(self, frame: AudioFrame) -> list[Pcm]:
+    def _to_internal(self, frame: AudioFrame) -> Pcm:
         # A stream may change rate or channels (AAC's SBR/PS, a new sequence
-        # header): the resampler is built for one input format, so renew it.
+        # header): the conversion is chosen for one input format, so renew it.
         source = (frame.format.name, frame.layout.name, frame.sample_rate)
         if source != self._source:
-            self._resampler = AudioResampler("s16", "mono", AUDIO_RATE)
             self._source = source
-        return [out.to_ndarray()[0] for out in self._resampler.resample(frame)]
+            rate = frame.sample_rate
+            divides = AUDIO_RATE % rate == 0
+            self._swr = None if divides else AudioResampler("s16", "mono", AUDIO_RATE)
+            self._up = Interpolator(AUDIO_RATE // rate) if divides and rate != AUDIO_RATE else None
+        if self._swr is not None:
+            return _joined([out.to_ndarray()[0] for out in self._swr.resample(frame)])
+        pcm = _mono_s16(frame)
+        return self._up(pcm) if self._up is not None else pcm
+
+
+def _joined(chunks: list[Pcm]) -> Pcm:
+    if len(chunks) == 1:
+        return chunks[0]
+    return np.concatenate(chunks) if chunks else _NO_SAMPLES
+
+
+def _mono_s16(frame: AudioFrame) -> Pcm:
+    """A decoded frame as mono int16: channels averaged, float samples scaled."""
+    data = frame.to_ndarray()
+    if not frame.format.is_planar:  # interleaved: one row, channels interleaved
+        data = data.reshape(-1, len(frame.layout.channels)).T
+    mono = data[0] if len(data) == 1 else data.mean(axis=0)
+    if mono.dtype.kind == "f":
+        return np.clip(np.rint(mono * 32768.0), -32768, 32767).astype(np.int16)
+    return mono.astype(np.int16, copy=False)
 
 
 class AudioEncoder:
@@ -155,29 +195,34 @@ class AudioEncoder:
     ``frame_samples`` is what one output packet covers at 48 kHz: 960 (20 ms)
     for the RTP codecs, 1024 for AAC-LC. ``extradata`` is AAC's
     AudioSpecificConfig for the FLV sequence header, ``b""`` for the others.
+    G.711 is a table look-up after :class:`~wxmgw.media.dsp.Decimator`; the
+    others take one FFmpeg call per packet. Each 960 input samples make
+    exactly one RTP packet from the first.
     """
 
-    __slots__ = ("_ctx", "_pts", "_resampler", "extradata", "frame_samples")
+    __slots__ = ("_ctx", "_down", "_framer", "_g711", "_pts", "extradata", "frame_samples")
 
     def __init__(self, codec: str) -> None:
         """``codec`` is ``"AAC"`` (AAC-LC, 48 kHz mono) or a key of ``AUDIO_CODECS``."""
-        is_aac = codec.upper() == _AAC
-        if is_aac:
-            ctx = self._open("aac", AUDIO_RATE, _ENCODER_OPTIONS[_AAC])
-            codec_frame = ctx.frame_size
+        self._ctx: AudioCodecContext | None = None
+        self._g711: G711 | None = None
+        self.extradata = b""
+        if codec.upper() == _AAC:
+            self._ctx = self._open("aac", AUDIO_RATE, _ENCODER_OPTIONS[_AAC])
+            self.extradata = bytes(self._ctx.extradata or b"")
+            rate, codec_frame = AUDIO_RATE, self._ctx.frame_size
         else:
             info = audio_codec(codec)
-            options = _ENCODER_OPTIONS.get(info.name, ())
-            ctx = self._open(info.ffmpeg_name, info.sample_rate, options)
-            codec_frame = info.frame_samples
-        self._ctx = ctx
+            rate, codec_frame = info.sample_rate, info.frame_samples
+            if info.ffmpeg_name in _G711:
+                self._g711 = G711(info.ffmpeg_name)
+            else:
+                options = _ENCODER_OPTIONS.get(info.name, ())
+                self._ctx = self._open(info.ffmpeg_name, rate, options)
         self._pts = 0
-        self.extradata = bytes(ctx.extradata or b"") if is_aac else b""
-        self.frame_samples = codec_frame * AUDIO_RATE // ctx.sample_rate
-        self._resampler = AudioResampler(
-            ctx.format, "mono", ctx.sample_rate, frame_size=codec_frame
-        )
-        self._prime(codec_frame)
+        self._down = Decimator(AUDIO_RATE // rate) if rate != AUDIO_RATE else None
+        self.frame_samples = codec_frame * AUDIO_RATE // rate
+        self._framer = PcmFramer(self.frame_samples)
 
     @staticmethod
     def _open(
@@ -187,67 +232,53 @@ class AudioEncoder:
         assert isinstance(ctx, AudioCodecContext)
         ctx.sample_rate = rate
         ctx.layout = "mono"
-        formats = ctx.codec.audio_formats
-        assert formats, f"{ffmpeg_name} lists no sample format"
-        ctx.format = formats[0]  # s16 for all but AAC, which takes only fltp
+        ctx.format = "fltp" if ffmpeg_name == "aac" else "s16"  # what each encoder takes
         ctx.time_base = Fraction(1, rate)
         ctx.options = dict(options)
         ctx.open()
         return ctx
 
-    def _prime(self, codec_frame: int) -> None:
-        """Feed the resampler as much silence as its filter delays the signal.
-
-        Without it, a rate-converting resampler holds back its filter delay (16
-        output samples), the first 20 ms of input would yield no packet and
-        every packet would leave 20 ms late; primed, each 960 input samples
-        make exactly one packet from the first.
-        """
-        probe = AudioResampler(self._ctx.format, "mono", self._ctx.sample_rate)
-        first = probe.resample(self._frame(np.zeros(self.frame_samples, np.int16), 0))
-        missing = codec_frame - sum(f.samples for f in first)
-        if missing > 0:
-            silence = np.zeros(missing * AUDIO_RATE // self._ctx.sample_rate, np.int16)
-            self._feed(silence)
-
     def encode(self, pcm: Pcm) -> list[bytes]:
         """Buffer ``pcm`` (any length) and return the codec frames completed."""
-        if not len(pcm):
-            return []
-        return self._feed(pcm)
+        out: list[bytes] = []
+        for chunk in self._framer.push(pcm):
+            if self._down is not None:
+                chunk = self._down(chunk)
+            if self._g711 is not None:
+                out.append(self._g711.encode(chunk))
+            else:
+                out += [bytes(packet) for packet in self._encode(chunk)]
+        return out
 
-    def _feed(self, pcm: Pcm) -> list[bytes]:
-        frame = self._frame(pcm, self._pts)
+    def _encode(self, pcm: Pcm) -> list[av.Packet]:
+        ctx = self._ctx
+        assert ctx is not None
+        if ctx.format.name == "fltp":
+            frame = AudioFrame.from_ndarray(
+                (pcm.astype(np.float32) / 32768.0).reshape(1, -1), format="fltp", layout="mono"
+            )
+        else:
+            frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = ctx.sample_rate
+        frame.time_base = ctx.time_base
+        frame.pts = self._pts
         self._pts += len(pcm)
-        return [
-            bytes(packet)
-            for out in self._resampler.resample(frame)
-            for packet in self._ctx.encode(out)
-        ]
-
-    @staticmethod
-    def _frame(pcm: Pcm, pts: int) -> AudioFrame:
-        frame = AudioFrame.from_ndarray(
-            np.ascontiguousarray(pcm).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = AUDIO_RATE
-        frame.time_base = _TIME_BASE
-        frame.pts = pts
-        return frame
+        return ctx.encode(frame)
 
 
 class PcmFramer:
-    """Accumulates mono 48 kHz PCM of any length and cuts 20 ms frames."""
+    """Accumulates mono PCM of any length and cuts frames of ``size`` samples (20 ms at 48 kHz)."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_pending", "_size")
 
-    def __init__(self) -> None:
-        self._pending: Pcm = np.zeros(0, np.int16)
+    def __init__(self, size: int = AUDIO_FRAME_SAMPLES) -> None:
+        self._size = size
+        self._pending: Pcm = _NO_SAMPLES
 
     def push(self, pcm: Pcm) -> list[Pcm]:
-        """Append ``pcm``; return every complete ``AUDIO_FRAME_SAMPLES`` frame, oldest first."""
+        """Append ``pcm``; return every complete frame, oldest first."""
         buf = np.concatenate((self._pending, pcm)) if len(self._pending) else pcm
-        count = len(buf) // AUDIO_FRAME_SAMPLES
-        cut = count * AUDIO_FRAME_SAMPLES
+        count = len(buf) // self._size
+        cut = count * self._size
         self._pending = buf[cut:].copy()
-        return list(buf[:cut].reshape(count, AUDIO_FRAME_SAMPLES).copy())
+        return list(buf[:cut].reshape(count, self._size).copy())
