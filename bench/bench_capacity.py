@@ -54,24 +54,33 @@ from typing import Any
 
 import av
 import psutil
-import thriftpy2
-from av.audio.codeccontext import AudioCodecContext
 from thriftpy2.rpc import make_client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from common import cpu_seconds, fmt, pct_ms  # noqa: E402
+from common import (  # noqa: E402
+    FFMPEG,
+    Player,
+    Probe,
+    cpu_seconds,
+    fmt,
+    kill_all,
+    pct_ms,
+    push_probe_calls,
+    rss,
+    rtmp2rtp_cmd,
+    rtp2rtmp_cmd,
+    spawn,
+    tpy,
+)
 from wxmgw_proc import GatewayProcess, free_port_range  # noqa: E402
 
 from wxmgw.nginx import NginxRtmp  # noqa: E402
 
-tpy = thriftpy2.load(str(ROOT / "idl" / "wxmgw.thrift"), module_name="bench_capacity_thrift")
 FPS = 25
 PCMA_RATE = 8000
-PROBE_TIMEOUT = 5.0
-FFMPEG = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error"]
 CLIP = [
     *FFMPEG, "-y", "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate={FPS}",
     "-f", "lavfi", "-i", "sine=440:sample_rate=44100", "-t", "10",
@@ -79,16 +88,6 @@ CLIP = [
     "-b:v", "600k", "-maxrate", "600k", "-bufsize", "600k", "-g", "50",
     "-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-ac", "1",
 ]
-SDP = """v=0
-o=- 0 0 IN IP4 127.0.0.1
-s=bench
-c=IN IP4 127.0.0.1
-t=0 0
-"""
-SDP_AUDIO = "m=audio {port} RTP/AVP 8\na=rtpmap:8 PCMA/8000\n"
-SDP_VIDEO = "m=video {port} RTP/AVP 96\na=rtpmap:96 H264/90000\na=fmtp:96 packetization-mode=1\n"
-
-
 
 
 # -- the MAS peer ----------------------------------------------------------------------
@@ -178,103 +177,33 @@ class MasPeer:
 # -- RTMP players --------------------------------------------------------------------------
 
 
-class Player:
-    """Plays an RTMP stream in a thread (PyAV demux, no decoding) and counts what arrives."""
+class CountPlayer(Player):
+    """Counts the video frames and AAC audio seconds that arrive, and their media time."""
+
+    # Default probing: a pushed stream's video may start a GOP after
+    # its audio, and PyAV's demux() skips streams found after probing.
+    OPTIONS = {**Player.OPTIONS, "fpsprobesize": "0"}
+    RETRY = 0.5
 
     def __init__(self, url: str) -> None:
-        self.url = url
         self.frames = 0
         self.audio_seconds = 0.0
         self.pts = {"video": 0.0, "audio": 0.0}  # latest media time seen, seconds
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(url)
 
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                # Default probing: a pushed stream's video may start a GOP after
-                # its audio, and PyAV's demux() skips streams found after probing.
-                options = {"rw_timeout": "3000000", "fpsprobesize": "0"}
-                with av.open(self.url, options=options, timeout=(10.0, None)) as c:
-                    for packet in c.demux():
-                        if self._stop:
-                            return
-                        if not packet.size or packet.pts is None:
-                            continue
-                        kind = packet.stream.type
-                        if kind in self.pts:
-                            self.pts[kind] = float(packet.pts * packet.time_base)
-                        if kind == "video":
-                            self.frames += 1
-                        elif kind == "audio":
-                            ctx = packet.stream.codec_context
-                            assert isinstance(ctx, AudioCodecContext)
-                            rate = ctx.sample_rate or 1
-                            self.audio_seconds += 1024 / rate  # one AAC-LC frame
-            except Exception:
-                time.sleep(0.5)
+    def on_packet(self, packet: av.Packet, now: float) -> None:
+        if packet.pts is None:
+            return
+        kind = packet.stream.type
+        if kind in self.pts:
+            self.pts[kind] = float(packet.pts * packet.time_base)
+        if kind == "video":
+            self.frames += 1
+        elif kind == "audio":
+            self.audio_seconds += self.aac_seconds(packet)
 
     def counts(self) -> tuple[int, float, float, float]:
         return self.frames, self.audio_seconds, self.pts["video"], self.pts["audio"]
-
-    def stop(self) -> None:
-        self._stop = True
-
-
-# -- probes of the Thrift service -------------------------------------------------------------
-
-
-class Probes:
-    """StartPush/StopPush of a probe member every 0.25 s, a no-op StopPush every 50 ms."""
-
-    def __init__(self, port: int, push_url: str) -> None:
-        self.push: list[float] = []
-        self.lag: list[float] = []
-        self._port = port
-        self._url = push_url
-        self._stop = False
-        self._threads = [threading.Thread(target=f, daemon=True)
-                         for f in (self._push_loop, self._lag_loop)]
-        for t in self._threads:
-            t.start()
-
-    def _timed(self, calls: list[tuple[str, Any]], into: list[float], pause: float) -> None:
-        """Make ``calls`` again and again; a call that times out counts as ``PROBE_TIMEOUT``."""
-        client = None
-        while not self._stop:
-            try:
-                if client is None:
-                    client = make_client(tpy.WxMgw, "127.0.0.1", self._port,
-                                         timeout=int(PROBE_TIMEOUT * 1000))
-                for method, req in calls:
-                    t0 = time.perf_counter()
-                    getattr(client, method)(req)
-                    into.append(time.perf_counter() - t0)
-            except Exception:  # a timeout or a dropped connection: the gateway is swamped
-                into.append(PROBE_TIMEOUT)
-                if client is not None:
-                    client.close()
-                client = None
-            time.sleep(pause)
-        if client is not None:
-            client.close()
-
-    def _push_loop(self) -> None:
-        start = tpy.StartPushReq(
-            uuid="probe", pushUrl=self._url, audioPayloadType=8, audioCodec="PCMA",
-            videoPayloadType=96, videoCodec="H264", confId="probe", reqUuid="probe",
-            weixin="false")
-        stop = tpy.StopPushReq(uuid="probe", confId="probe")
-        self._timed([("StartPush", start), ("StopPush", stop)], self.push, 0.25)
-
-    def _lag_loop(self) -> None:
-        self._timed([("StopPush", tpy.StopPushReq(uuid="nobody", confId="probe"))], self.lag, 0.05)
-
-    def stop(self) -> None:
-        self._stop = True
-        for t in self._threads:
-            t.join(15)
 
 
 # -- one side of one N -----------------------------------------------------------------------
@@ -304,12 +233,11 @@ class Result:
         return min(self.rtp_worst, self.rtmp_video, self.rtmp_audio, self.rtmp_mix)
 
 
-
-
 class Window:
     """CPU and far-end counts between ``open()`` and ``close()``."""
 
-    def __init__(self, procs: list[psutil.Process], peer: MasPeer, players: list[Player]) -> None:
+    def __init__(self, procs: list[psutil.Process], peer: MasPeer,
+                 players: list[CountPlayer]) -> None:
         self.procs, self.peer, self.players = procs, peer, players
         self.me = psutil.Process()
 
@@ -348,16 +276,12 @@ class Window:
         )
 
 
-def rss(procs: list[psutil.Process]) -> int:
-    return sum(p.memory_info().rss for p in procs)
-
-
 def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> Result:
     gw = GatewayProcess(tmp, rtp_ports=8 * n + 32)
     peer = MasPeer()
     client = make_client(tpy.WxMgw, "127.0.0.1", gw.thrift_port, timeout=20000)
-    probes: Probes | None = None
-    players: list[Player] = []
+    probes: list[Probe] = []
+    players: list[CountPlayer] = []
     try:
         proc = psutil.Process(gw.proc.pid)
         idle = rss([proc])
@@ -379,7 +303,8 @@ def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> R
             assert r.code == 0, r.message
         peer.start()
         for i in range(min(n, args.players)):
-            players += [Player(live.rtmp_url(f"wx-member{i}")), Player(live.rtmp_url(f"wx-mix{i}"))]
+            players += [CountPlayer(live.rtmp_url(f"wx-member{i}")),
+                        CountPlayer(live.rtmp_url(f"wx-mix{i}"))]
         time.sleep(args.warmup)
         window = Window([proc], peer, players)
         window.open()
@@ -387,16 +312,22 @@ def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> R
         result = window.close("wxmgw", n, (rss([proc]) - idle) / n)
         # The probes cost CPU of their own (a StartPush connects to the live
         # server): they run after the measured window, under the same load.
-        probes = Probes(gw.thrift_port, live.rtmp_url("wx-probe"))
+        # A StartPush/StopPush of a probe member every 0.25 s; a StopPush of
+        # nobody every 50 ms, whose reply needs nothing but a free hub.
+        push = Probe(gw.thrift_port, push_probe_calls("probe", live.rtmp_url("wx-probe")), 0.25)
+        nobody = tpy.StopPushReq(uuid="nobody", confId="probe")
+        lag = Probe(gw.thrift_port, [("StopPush", nobody)], 0.05)
+        probes = [push, lag]
         time.sleep(args.probe_seconds)
-        probes.stop()
-        result.thrift_p99_ms = pct_ms(probes.push, 99)
-        result.hub_lag_p50_ms = pct_ms(probes.lag, 50)
-        result.hub_lag_p99_ms = pct_ms(probes.lag, 99)
+        for probe in probes:
+            probe.stop()
+        result.thrift_p99_ms = pct_ms(push.durations, 99)
+        result.hub_lag_p50_ms = pct_ms(lag.durations, 50)
+        result.hub_lag_p99_ms = pct_ms(lag.durations, 99)
         return result
     finally:
-        if probes is not None:
-            probes.stop()
+        for probe in probes:
+            probe.stop()
         for p in players:
             p.stop()
         client.close()
@@ -404,24 +335,10 @@ def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> R
         peer.close()
 
 
-def sdp_file(tmp: Path, name: str, audio: int, video: int | None) -> Path:
-    path = tmp / f"{name}.sdp"
-    text = SDP + SDP_AUDIO.format(port=audio)
-    if video is not None:
-        text += SDP_VIDEO.format(port=video)
-    path.write_text(text)
-    return path
-
-
 def run_ffmpeg(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> Result:
     peer = MasPeer()
     procs: list[subprocess.Popen[bytes]] = []
-    players: list[Player] = []
-
-    def spawn(cmd: list[str]) -> None:
-        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
-
+    players: list[CountPlayer] = []
     try:
         for i in range(n):
             leg = peer.add()
@@ -431,20 +348,17 @@ def run_ffmpeg(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> 
             leg.push_audio = ("127.0.0.1", member_lo)
             leg.push_video = ("127.0.0.1", member_lo + 2)
             leg.mix_to = ("127.0.0.1", mix_lo)
-            member = sdp_file(tmp, f"member{i}", member_lo, member_lo + 2)
-            mix = sdp_file(tmp, f"mix{i}", mix_lo, None)
-            spawn([*FFMPEG, "-protocol_whitelist", "file,udp,rtp", "-i", str(member),
-                   "-c:v", "copy", "-c:a", "aac", "-f", "flv", live.rtmp_url(f"ff-member{i}")])
-            spawn([*FFMPEG, "-protocol_whitelist", "file,udp,rtp", "-i", str(mix),
-                   "-c:a", "aac", "-f", "flv", live.rtmp_url(f"ff-mix{i}")])
-            spawn([*FFMPEG, "-i", live.rtmp_url(f"mp{i}"),
-                   "-map", "0:v", "-c:v", "copy", "-bsf:v", "h264_mp4toannexb",
-                   "-f", "rtp", f"rtp://127.0.0.1:{video}",
-                   "-map", "0:a", "-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1",
-                   "-f", "rtp", f"rtp://127.0.0.1:{audio}"])
+            procs += [
+                spawn(rtp2rtmp_cmd(tmp / f"member{i}.sdp", live.rtmp_url(f"ff-member{i}"),
+                                   member_lo, member_lo + 2)),
+                spawn(rtp2rtmp_cmd(tmp / f"mix{i}.sdp", live.rtmp_url(f"ff-mix{i}"),
+                                   mix_lo, None)),
+                spawn(rtmp2rtp_cmd(live.rtmp_url(f"mp{i}"), audio, video)),
+            ]
         peer.start()
         for i in range(min(n, args.players)):
-            players += [Player(live.rtmp_url(f"ff-member{i}")), Player(live.rtmp_url(f"ff-mix{i}"))]
+            players += [CountPlayer(live.rtmp_url(f"ff-member{i}")),
+                        CountPlayer(live.rtmp_url(f"ff-mix{i}"))]
         time.sleep(args.warmup)
         ps = [psutil.Process(p.pid) for p in procs]
         window = Window(ps, peer, players)
@@ -458,16 +372,11 @@ def run_ffmpeg(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> 
     finally:
         for player in players:
             player.stop()
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            proc.wait()
+        kill_all(procs)
         peer.close()
 
 
 # -- output ------------------------------------------------------------------------------------
-
-
 
 
 def print_row(r: Result) -> None:
@@ -551,9 +460,7 @@ def main() -> None:
                     results.append(result)
                     print_row(result)
             finally:
-                for publisher in publishers:
-                    publisher.kill()
-                    publisher.wait()
+                kill_all(publishers)
             if n == 50 and 100 not in ns and results[-2].continuity >= 0.99:
                 queue.append(100)
     print(f"total {time.monotonic() - started:.0f} s")

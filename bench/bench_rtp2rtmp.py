@@ -60,15 +60,24 @@ from pathlib import Path
 
 import av
 import psutil
-from av.audio.codeccontext import AudioCodecContext
 from thriftpy2.rpc import make_client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from bench_rtmp2rtp import tpy  # noqa: E402
-from common import cpu_seconds, fmt, pct_ms  # noqa: E402
+from common import (  # noqa: E402
+    FFMPEG,
+    Player,
+    cpu_seconds,
+    fmt,
+    kill_all,
+    pct_ms,
+    rss,
+    rtp2rtmp_cmd,
+    spawn,
+    tpy,
+)
 from wxmgw_proc import GatewayProcess, free_port_range  # noqa: E402
 
 from wxmgw.nginx import NginxRtmp  # noqa: E402
@@ -80,7 +89,6 @@ CLIP_SECONDS = 12  # 300 frames: 10 whole GOPs, so the loop restarts on an IDR
 TICK = 0.02  # one PCMA packet; a video frame every second tick
 PCMA_PACKET = 160
 VIDEO_PT, AUDIO_PT = 96, 8
-FFMPEG = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error"]
 ENCODE_VIDEO = [
     *FFMPEG, "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate={FPS}", "-t", str(CLIP_SECONDS),
     "-c:v", "libx264", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-preset", "veryfast",
@@ -91,17 +99,6 @@ ENCODE_AUDIO = [
     *FFMPEG, "-f", "lavfi", "-i", "sine=440:sample_rate=8000", "-t", str(CLIP_SECONDS),
     "-c:a", "pcm_alaw", "-f", "alaw", "-",
 ]
-SDP = """v=0
-o=- 0 0 IN IP4 127.0.0.1
-s=member
-c=IN IP4 127.0.0.1
-t=0 0
-m=audio {audio} RTP/AVP 8
-a=rtpmap:8 PCMA/8000
-m=video {video} RTP/AVP 96
-a=rtpmap:96 H264/90000
-a=fmtp:96 packetization-mode=1
-"""
 #: The SEI's UUID (no two zero bytes in a row: no emulation prevention needed).
 MARK = bytes.fromhex("7778 6d67 7762 656e 6368 6672 616d 6521")
 FRAME_DIGITS = 10  # the frame number, as ASCII digits (never a zero byte)
@@ -232,48 +229,26 @@ class Sender:
 # -- the player --------------------------------------------------------------------------
 
 
-class Player:
-    """Plays an RTMP stream in a thread (PyAV demux, no decoding); notes frame arrivals."""
+class MarkPlayer(Player):
+    """Notes when each numbered video frame and each AAC frame reaches the player."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
         self.arrivals: dict[int, float] = {}  # frame number -> arrival (monotonic)
         self.audio: list[tuple[float, float]] = []  # (arrival, seconds of AAC)
         self.video_packets = 0  # with or without a frame number
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(url)
 
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                options = {"rw_timeout": "3000000"}
-                with av.open(self.url, options=options, timeout=(10.0, None)) as c:
-                    for packet in c.demux():
-                        if self._stop:
-                            return
-                        now = time.monotonic()
-                        if not packet.size:
-                            continue
-                        if packet.stream.type == "video":
-                            self.video_packets += 1
-                            n = frame_number(bytes(packet))
-                            if n is not None:
-                                self.arrivals.setdefault(n, now)
-                        elif packet.stream.type == "audio":
-                            ctx = packet.stream.codec_context
-                            assert isinstance(ctx, AudioCodecContext)
-                            self.audio.append((now, 1024 / (ctx.sample_rate or 1)))
-            except Exception:
-                time.sleep(0.3)  # not published yet, or dropped: play again
-
-    def stop(self) -> None:
-        self._stop = True
+    def on_packet(self, packet: av.Packet, now: float) -> None:
+        if packet.stream.type == "video":
+            self.video_packets += 1
+            n = frame_number(bytes(packet))
+            if n is not None:
+                self.arrivals.setdefault(n, now)
+        elif packet.stream.type == "audio":
+            self.audio.append((now, self.aac_seconds(packet)))
 
 
 # -- one side, one N --------------------------------------------------------------------
-
-
 
 
 @dataclass(slots=True)
@@ -309,19 +284,19 @@ def measure(side: Side, who: str, clip: Clip, live: NginxRtmp,
     n = len(side.ports)
     watched = sorted({0, n - 1})
     sender = Sender(clip, side.ports, watched)
-    players: list[Player] = []
+    players: list[MarkPlayer] = []
     me = psutil.Process()
     try:
         deadline = time.monotonic() + args.warmup
         stream = side.urls[0].rsplit("/", 1)[1]
         while not live.is_publishing(stream) and time.monotonic() < deadline:
             time.sleep(0.2)
-        players = [Player(side.urls[i]) for i in watched]
+        players = [MarkPlayer(side.urls[i]) for i in watched]
         time.sleep(max(0.0, deadline - time.monotonic()))
         t0, cpu0, me0 = time.monotonic(), cpu_seconds(side.procs), cpu_seconds([me])
         time.sleep(args.seconds)
         t1, cpu1, me1 = time.monotonic(), cpu_seconds(side.procs), cpu_seconds([me])
-        rss = sum(p.memory_info().rss for p in side.procs) - side.base_rss
+        mem = rss(side.procs) - side.base_rss
         time.sleep(1.0)  # frames sent near the end still on their way
     finally:
         for player in players:
@@ -343,7 +318,7 @@ def measure(side: Side, who: str, clip: Clip, live: NginxRtmp,
     return Result(
         who=who, n=n, seconds=round(secs, 1),
         cpu_per_leg_minute=(cpu1 - cpu0) / n * 60 / secs,
-        rss_mb_per_leg=rss / n / 2**20,
+        rss_mb_per_leg=mem / n / 2**20,
         latency_ms_p50=pct_ms(latencies, 50),
         latency_ms_p99=pct_ms(latencies, 99),
         latency_ms_min=None if not latencies else 1000 * min(latencies),
@@ -360,7 +335,7 @@ def run_wxmgw(tmp: Path, live: NginxRtmp, clip: Clip, n: int,
     gw = GatewayProcess(tmp, rtp_ports=4 * n + 8)
     client = make_client(tpy.WxMgw, "127.0.0.1", gw.thrift_port, timeout=10000)
     proc = psutil.Process(gw.proc.pid)
-    side = Side([proc], [], [], base_rss=proc.memory_info().rss)
+    side = Side([proc], [], [], base_rss=rss([proc]))
     try:
         for i in range(n):
             url = live.rtmp_url(f"wx{n}-{i}")
@@ -386,13 +361,8 @@ def run_ffmpeg(tmp: Path, live: NginxRtmp, clip: Clip, n: int,
     try:
         for i in range(n):
             lo, _ = free_port_range(4)
-            sdp = tmp / f"member{i}.sdp"
-            sdp.write_text(SDP.format(audio=lo, video=lo + 2))
             url = live.rtmp_url(f"ff{n}-{i}")
-            procs.append(subprocess.Popen(
-                [*FFMPEG, "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp),
-                 "-c:v", "copy", "-c:a", "aac", "-f", "flv", url],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(spawn(rtp2rtmp_cmd(tmp / f"member{i}.sdp", url, lo, lo + 2)))
             side.ports.append((lo, lo + 2))
             side.urls.append(url)
         side.procs = [psutil.Process(p.pid) for p in procs]
@@ -402,15 +372,10 @@ def run_ffmpeg(tmp: Path, live: NginxRtmp, clip: Clip, n: int,
             result.notes.append(f"{dead} ffmpeg processes exited early")
         return result
     finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
+        kill_all(procs)
 
 
 # -- output --------------------------------------------------------------------------------
-
-
 
 
 def print_row(r: Result) -> None:
