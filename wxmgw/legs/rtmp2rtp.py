@@ -1,10 +1,13 @@
 """Rtmp2rtp: a mini-program's RTMP stream to the MAS as RTP, and its mix back to RTMP.
 
-Glue only (MISSION §3): an :class:`~wxmgw.media.rtmp_io.RtmpReader` pulls
+Glue only (MISSION §3): an :class:`~wxmgw.media.rtmp_reader.RtmpReader` pulls
 ``pullUrl`` and publishes its frames on the uuid's video and audio channels;
-two senders subscribed to those channels packetize H.264 (RFC 6184) and
-transcode the audio to the MAS codec, each over its own
-:class:`~wxmgw.rtp.session.RtpSession`. The MAS answers the audio
+two senders packetize H.264 (RFC 6184) and transcode the audio to the MAS
+codec, each over its own :class:`~wxmgw.rtp.session.RtpSession`. The senders
+are the channels' first consumers and need no queue of their own: the
+reader's greenlet calls them as each frame is demuxed, then publishes the
+frame for the other subscribers. A frame costs no greenlet switch on its way
+to the MAS. The MAS answers the audio
 symmetrically with this member's conference mix; the audio session receives
 it, and it is decoded onto the leg's :attr:`Rtmp2rtp.mix` channel, which a
 :class:`~wxmgw.legs.flvpush.FlvPublisher` pushes to ``pushAudioUrl``.
@@ -38,7 +41,7 @@ from wxmgw.media.frames import (
 from wxmgw.media.rtmp_reader import RtmpReader
 from wxmgw.media.transcode import AudioDecoder, AudioEncoder, CodecInfo, PcmFramer, audio_codec
 from wxmgw.ports import PortPair
-from wxmgw.pubsub import Channel, MediaChannels, Subscription
+from wxmgw.pubsub import Channel, MediaChannels
 from wxmgw.requests import StartPull
 from wxmgw.rtp import rtcp
 from wxmgw.rtp.h264 import H264Packetizer
@@ -207,7 +210,6 @@ class Rtmp2rtp(Leg):
         self.mix_in: MixReceiver | None = None
         self._mix_out: FlvPublisher | None = None
         self._reader: RtmpReader | None = None
-        self._workers: list[gevent.Greenlet] = []
         self._frames_in = {"video": 0, "audio": 0}
         self._frame_errors = 0
         self.last_error = ""
@@ -268,18 +270,12 @@ class Rtmp2rtp(Leg):
         self.audio_out = AudioSender(audio_session, codec)
         for session in (video_session, audio_session):
             session.start()
-        self._workers = [
-            gevent.spawn(self._pump, channels.video.subscribe(name="rtp"), self.video_out.send),
-            gevent.spawn(self._pump, channels.audio.subscribe(name="rtp"), self.audio_out.send),
-        ]
 
     def close_media(self) -> None:
         """Stop both directions: RTP first (nothing leaves after StopPull's reply)."""
         for sender in (self.video_out, self.audio_out):
             if sender is not None:
                 sender.session.close()
-        gevent.killall(self._workers, block=False)
-        self._workers = []
         if self._reader is not None:
             self._reader.close()
             gevent.spawn(self._reader.join)  # the worker ends within its I/O timeout
@@ -305,11 +301,15 @@ class Rtmp2rtp(Leg):
     def _on_video(self, frame: VideoFrame) -> None:
         assert self.channels is not None
         self._frames_in["video"] += 1
+        if self.video_out is not None:
+            self._send(self.video_out.send, frame)
         self.channels.video.publish(frame)
 
     def _on_audio(self, frame: AudioFrame) -> None:
         assert self.channels is not None
         self._frames_in["audio"] += 1
+        if self.audio_out is not None:
+            self._send(self.audio_out.send, frame)
         self.channels.audio.publish(frame)
 
     def _on_reader_event(self, kind: str, info: dict[str, Any]) -> None:
@@ -322,13 +322,12 @@ class Rtmp2rtp(Leg):
             self.last_error = f"unsupported {info.get('kind')} codec {info.get('codec')}"
             self.log("unsupported_codec", logging.ERROR, **info)
 
-    def _pump(self, sub: Subscription[F], send: Callable[[F], None]) -> None:
-        for frame in sub:
-            try:
-                send(frame)
-            except _FRAME_ERRORS as e:
-                self._frame_errors += 1
-                self.last_error = str(e) or type(e).__name__
+    def _send(self, send: Callable[[F], None], frame: F) -> None:
+        try:
+            send(frame)
+        except _FRAME_ERRORS as e:
+            self._frame_errors += 1
+            self.last_error = str(e) or type(e).__name__
 
     # -- RTCP from the MAS -------------------------------------------------------------
 

@@ -1,11 +1,14 @@
-"""RTMP pull through PyAV (FFmpeg) in a worker thread: FLV packets to frames.
+"""RTMP pull on the gevent hub: FLV audio and video messages to frames.
+
+The session is :class:`~wxmgw.media.rtmp.RtmpClient`'s, in a greenlet: no
+thread per stream. The messages carry FLV tag bodies (FLV spec E.4.2, E.4.3):
+the AVC sequence header (avcC) and NAL units, the AAC AudioSpecificConfig
+and raw AAC frames; AAC is decoded by FFmpeg (PyAV).
 
 A reader stamps frames with ``ts`` on the gateway's monotonic clock: the FLV
-timeline anchored at the moment its RTMP session started (nginx sends the
-first packet right after the play handshake; the first packet *delivered* to
-us can be up to a GOP later, because FFmpeg's stream probing buffers until
-the video stream shows up), and audio from a sample counter rather than from
-the 1 ms FLV timestamps.
+timeline anchored at the moment the play started (nginx sends a live stream
+as it comes), and audio from a sample counter rather than from the 1 ms FLV
+timestamps.
 """
 
 from __future__ import annotations
@@ -14,37 +17,44 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-import av
-import av.error
-from av.audio.codeccontext import AudioCodecContext
-from gevent.threadpool import ThreadPool
+import gevent
 
 from wxmgw.errors import MediaError, ParseError
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
+from wxmgw.media.rtmp import AUDIO, VIDEO, RtmpClient, RtmpError
 from wxmgw.media.transcode import AudioDecoder, PcmFramer
-from wxmgw.media.worker import EventCallback, _Worker
+from wxmgw.media.worker import EventCallback, RtmpEndpoint
 from wxmgw.rtp.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
 
 #: An audio timestamp further than this from the sample counter is a gap.
 _AUDIO_RESYNC: Final = 0.2
-#: Demuxer options. Probing stops as soon as the streams announced by FLV
-#: metadata have shown up (``fpsprobesize=0``: no frame-rate estimation),
-#: waiting at most ``analyzeduration`` for a video keyframe.
-_READER_OPTIONS: Final = {"analyzeduration": "5000000", "fpsprobesize": "0", "rtmp_live": "live"}
+#: FLV codec ids (E.4.2.1 SoundFormat, E.4.3.1 CodecID), named as FFmpeg names them.
+_AUDIO_CODECS: Final = {0: "pcm", 1: "adpcm_swf", 2: "mp3", 3: "pcm_s16le", 4: "nellymoser",
+                        5: "nellymoser", 6: "nellymoser", 7: "pcm_alaw", 8: "pcm_mulaw",
+                        10: "aac", 11: "speex", 14: "mp3"}
+_VIDEO_CODECS: Final = {2: "flv1", 3: "flashsv", 4: "vp6f", 5: "vp6a", 6: "flashsv2",
+                        7: "h264", 12: "hevc", 13: "av1"}
+_AAC: Final = 10
+_AVC: Final = 7
+#: Enhanced RTMP: the video tag's high bit announces a FourCC instead of a CodecID.
+_EX_HEADER: Final = 0x80
+_VIDEO_INFO_FRAME: Final = 5
+_SEQUENCE_HEADER: Final = 0
+_END_OF_SEQUENCE: Final = 2
 
 
-class RtmpReader(_Worker):
+class RtmpReader(RtmpEndpoint):
     """Pulls one RTMP stream and hands out H.264 access units and 20 ms PCM frames.
 
     Video must be H.264 and audio AAC; another codec is reported once as the
-    ``unsupported_codec`` event and its packets are skipped. Each keyframe
-    handed out starts with the SPS and PPS (from the FLV sequence header when
-    the stream does not repeat them in-band), so any consumer can start on it.
+    ``unsupported_codec`` event and its messages are skipped. Each keyframe
+    handed out starts with the SPS and PPS (from the sequence header when the
+    stream does not repeat them in-band), so any consumer can start on it.
 
     Events: ``connected``, ``disconnected`` (with ``error`` and ``retry_in``:
     also when the stream is not published yet), ``unsupported_codec``. The
-    session is retried with :class:`Backoff` until :meth:`close`. Callbacks
-    run on the hub.
+    session is retried with :class:`~wxmgw.media.worker.Backoff` until
+    :meth:`close`. Every callback runs in the reader's greenlet.
     """
 
     def __init__(
@@ -57,86 +67,105 @@ class RtmpReader(_Worker):
         name: str,
         open_timeout: float = 10.0,
         read_timeout: float = 3.0,
-        pool: ThreadPool | None = None,
     ) -> None:
-        super().__init__(url, name, on_event, pool)
+        super().__init__(url, name, on_event)
         self._on_video = on_video
         self._on_audio = on_audio
         self._open_timeout = open_timeout
         self._read_timeout = read_timeout
         self._reported: set[tuple[str, str]] = set()
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+
+    def close(self) -> None:
+        """Stop at once: the session's socket is closed as the greenlet ends."""
+        self._closing = True
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the reader has stopped; True if it has."""
+        if self._greenlet is not None:
+            self._greenlet.join(timeout)
+            return self._greenlet.dead
+        return True
 
     def _run(self) -> None:
         while not self._closing:
             try:
                 self._session()
                 error: BaseException = EOFError("end of stream")
-            except Exception as e:  # whatever ends a session, it is retried
-                error = e
-            if self._closing:
-                break
-            self._wakeup.wait(self._failed(error))
+            except (OSError, RtmpError, ParseError, gevent.Timeout) as e:
+                error = e  # whatever ends a session, it is retried
+            gevent.sleep(self._failed(error))
 
     def _session(self) -> None:
-        started = time.monotonic()
-        options = {"rw_timeout": str(int(self._read_timeout * 1e6)), **_READER_OPTIONS}
-        # No PyAV read timeout: its interrupt callback takes the GIL each time
-        # FFmpeg polls it (every socket read, many per packet), which made the
-        # worker threads and the hub fight for the GIL. FFmpeg's own rw_timeout
-        # bounds each read without Python; PyAV's bounds only the open.
-        container = av.open(self.url, options=options, timeout=(self._open_timeout, None))
+        client = RtmpClient(self.url, self._open_timeout)
         try:
+            with gevent.Timeout(self._open_timeout, RtmpError("no answer to play in time")):
+                client.play(self._read_timeout)
             self._connected()
-            self._backoff.reset()  # opening probed the streams: media is flowing
-            flv = _FlvToFrames(started)
-            streams = [s for s in container.streams if self._supported(s)]
-            self._event("connected", streams=[f"{s.type}/{s.codec_context.name}" for s in streams])
-            for packet in container.demux(streams):
-                if self._closing:
-                    return
-                if packet.size == 0:  # the flush packets PyAV yields at the end
+            self._backoff.reset()
+            self._event("connected")
+            flv = _FlvToFrames(time.monotonic())
+            while True:
+                message = client.read()
+                if message.type_id not in (AUDIO, VIDEO) or not message.payload:
                     continue
                 self.stats.packets += 1
-                self.stats.bytes += packet.size
-                self._convert(flv, packet)
+                self.stats.bytes += len(message.payload)
+                self._convert(flv, message.type_id, message.timestamp, message.payload)
         finally:
-            container.close()
+            client.close()
 
-    def _supported(self, stream: av.stream.Stream) -> bool:
-        wanted = {"video": "h264", "audio": "aac"}.get(stream.type)
-        ctx = stream.codec_context
-        codec = ctx.codec.canonical_name if ctx is not None else "unknown"
-        if codec == wanted:
+    def _supported(self, kind: str, codec: str) -> bool:
+        if codec in ("h264", "aac"):
             return True
-        if wanted and (stream.type, codec) not in self._reported:
-            self._reported.add((stream.type, codec))
-            self._event("unsupported_codec", kind=stream.type, codec=codec)
+        if (kind, codec) not in self._reported:
+            self._reported.add((kind, codec))
+            self._event("unsupported_codec", kind=kind, codec=codec)
         return False
 
-    def _convert(self, flv: _FlvToFrames, packet: av.Packet[av.stream.Stream]) -> None:
+    def _convert(self, flv: _FlvToFrames, kind: int, timestamp: int, payload: bytes) -> None:
         try:
-            if packet.is_corrupt:
-                raise ParseError("packet flagged corrupt by the demuxer")
-            if packet.stream.type == "video":
-                video = flv.video(packet)
+            if kind == VIDEO:
+                codec = _video_codec(payload[0])
+                if codec is None or not self._supported("video", codec):
+                    return
+                video = flv.video(timestamp, payload)
                 if video is not None:
                     self.stats.frames += 1
-                    self._inbox.post(self._on_video, video)
+                    self._on_video(video)
             else:
-                for audio in flv.audio(packet):
+                codec = _AUDIO_CODECS.get(payload[0] >> 4, f"soundformat {payload[0] >> 4}")
+                if not self._supported("audio", codec):
+                    return
+                for audio in flv.audio(timestamp, payload):
                     self.stats.frames += 1
-                    self._inbox.post(self._on_audio, audio)
+                    self._on_audio(audio)
         except (ParseError, MediaError) as e:
             self.stats.errors += 1
             self.stats.last_error = str(e)
 
 
+def _video_codec(first: int) -> str | None:
+    """The codec a video tag announces; None for a tag that carries no picture."""
+    if first & _EX_HEADER:
+        return "enhanced rtmp"  # a FourCC codec (HEVC, AV1, VP9): not H.264 as FLV carries it
+    if first >> 4 == _VIDEO_INFO_FRAME:
+        return None
+    return _VIDEO_CODECS.get(first & 0x0F, f"codec id {first & 0x0F}")
+
+
 class _FlvToFrames:
-    """One RTMP session's packets to frames: timestamps, avcC, AAC decoding."""
+    """One RTMP session's tag bodies to frames: timestamps, avcC, AAC decoding."""
 
     def __init__(self, started: float) -> None:
         self._anchor = started
-        self._dts0: int | None = None
+        self._ms0: int | None = None
         self._avc: AvcConfig | None = None
         self._decoder: AudioDecoder | None = None
         self._framer = PcmFramer()
@@ -144,46 +173,45 @@ class _FlvToFrames:
         self._audio_in = 0
         self._audio_out = 0
 
-    def _ts(self, packet: av.Packet[av.stream.Stream]) -> float:
-        dts = packet.dts if packet.dts is not None else packet.pts
-        if dts is None:
-            raise ParseError("packet without timestamp")
-        if self._dts0 is None:
-            self._dts0 = dts
-        pts = packet.pts if packet.pts is not None else dts
-        return self._anchor + float((pts - self._dts0) * packet.time_base)
+    def _ts(self, ms: int) -> float:
+        if self._ms0 is None:
+            self._ms0 = ms
+        return self._anchor + (ms - self._ms0) / 1000
 
-    @staticmethod
-    def _sequence_header(packet: av.Packet[av.stream.Stream], first: bool) -> bytes | None:
-        """The codec configuration a packet brings: the stream's for the first, then changes."""
-        if packet.has_sidedata("new_extradata"):
-            return bytes(packet.get_sidedata("new_extradata"))
-        return bytes(packet.stream.codec_context.extradata or b"") if first else None
-
-    def video(self, packet: av.Packet[av.stream.Stream]) -> VideoFrame | None:
-        header = self._sequence_header(packet, self._avc is None)
-        if header:
-            self._avc = AvcConfig.parse(header)
+    def video(self, dts_ms: int, body: bytes) -> VideoFrame | None:
+        """An AVC tag body (E.4.3.1 AVCVIDEOPACKET): a frame, or None for a header or an end."""
+        if len(body) < 5:
+            raise ParseError(f"AVC tag of {len(body)} bytes")
+        packet_type = body[1]
+        if packet_type == _SEQUENCE_HEADER:
+            self._avc = AvcConfig.parse(body[5:])
+            return None
+        if packet_type == _END_OF_SEQUENCE:
+            return None
         if self._avc is None:
-            raise ParseError("H.264 packet before its sequence header")
-        nalus = split_avcc(bytes(packet), self._avc.length_size)
+            raise ParseError("H.264 frame before its sequence header")
+        cts = int.from_bytes(body[2:5], "big", signed=True)
+        nalus = split_avcc(body[5:], self._avc.length_size)
         types = {nal_type(n) for n in nalus}
         keyframe = NAL_IDR in types
         if keyframe and not {NAL_SPS, NAL_PPS} <= types:
             nalus = [*self._avc.sps, *self._avc.pps, *nalus]
-        return VideoFrame(nalus, self._ts(packet), keyframe) if nalus else None
+        return VideoFrame(nalus, self._ts(dts_ms + cts), keyframe) if nalus else None
 
-    def audio(self, packet: av.Packet[av.stream.Stream]) -> list[AudioFrame]:
-        ts = self._ts(packet)
-        header = self._sequence_header(packet, self._decoder is None)
-        if header is not None:
-            ctx = packet.stream.codec_context
-            assert isinstance(ctx, AudioCodecContext)
+    def audio(self, ms: int, body: bytes) -> list[AudioFrame]:
+        """An AAC tag body (E.4.2.1 AACAUDIODATA): the 20 ms frames it completes."""
+        if len(body) < 2:
+            raise ParseError(f"AAC tag of {len(body)} bytes")
+        if body[1] == _SEQUENCE_HEADER:
+            rate, channels = aac_rate_and_channels(body[2:])
             self._decoder = AudioDecoder(
-                "AAC", sample_rate=ctx.sample_rate, channels=ctx.channels, extradata=header
+                "AAC", sample_rate=rate, channels=channels, extradata=body[2:]
             )
-        assert self._decoder is not None
-        pcm: Pcm = self._decoder.decode(bytes(packet))
+            return []
+        if self._decoder is None:
+            raise ParseError("AAC frame before its AudioSpecificConfig")
+        ts = self._ts(ms)
+        pcm: Pcm = self._decoder.decode(body[2:])
         counted = self._audio_start + self._audio_in / AUDIO_RATE
         if self._audio_in == 0 or abs(counted - ts) > _AUDIO_RESYNC:
             # First audio, or a gap or jump in the FLV timeline: follow the timeline.
@@ -194,3 +222,31 @@ class _FlvToFrames:
             frames.append(AudioFrame(chunk, self._audio_start + self._audio_out / AUDIO_RATE))
             self._audio_out += len(chunk)
         return frames
+
+
+#: samplingFrequencyIndex (ISO 14496-3 §1.6.3.4).
+_AAC_RATES: Final = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000,
+                     11025, 8000, 7350)
+
+
+def aac_rate_and_channels(asc: bytes) -> tuple[int, int]:
+    """Sample rate and channels (1 or 2) of an AudioSpecificConfig (ISO 14496-3 §1.6.2.1)."""
+    if len(asc) < 2:
+        raise ParseError(f"AudioSpecificConfig of {len(asc)} bytes")
+    bits = int.from_bytes(asc[:5].ljust(5, b"\0"), "big")
+    pos = 40 - 5
+    if bits >> pos == 31:  # escaped audioObjectType
+        pos -= 6
+    index = (bits >> (pos - 4)) & 0xF
+    pos -= 4
+    if index == 0xF:
+        rate = (bits >> (pos - 24)) & 0xFFFFFF
+        pos -= 24
+    elif index < len(_AAC_RATES):
+        rate = _AAC_RATES[index]
+    else:
+        raise ParseError(f"AudioSpecificConfig with sampling index {index}")
+    if pos < 4 or not rate:
+        raise ParseError("AudioSpecificConfig truncated")
+    channels = (bits >> (pos - 4)) & 0xF
+    return rate, 1 if channels == 1 else 2

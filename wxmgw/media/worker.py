@@ -142,8 +142,50 @@ class RtmpStats:
     last_error: str = ""
 
 
-class _Worker:
-    """What readers and writers share: a pool thread, a hub inbox, events, close."""
+class RtmpEndpoint:
+    """What RTMP readers and writers share: counters, reconnect backoff, events.
+
+    Events reach ``on_event`` on the hub, logged first; an endpoint that runs
+    in a worker thread overrides :meth:`_call_on_hub`.
+    """
+
+    def __init__(self, url: str, name: str, on_event: EventCallback) -> None:
+        self.url = url
+        self.name = name
+        self.stats = RtmpStats()
+        self._on_event = on_event
+        self._closing = False
+        self._backoff = Backoff()
+        self._sessions = 0
+
+    def _call_on_hub(self, fn: Callable[..., object], *args: object) -> None:
+        fn(*args)
+
+    def _event(self, event: str, /, **info: Any) -> None:
+        """Report ``event`` to ``on_event`` on the hub."""
+        self._call_on_hub(self._deliver_event, event, info)
+
+    def _deliver_event(self, kind: str, info: dict[str, Any]) -> None:
+        level = logging.WARNING if kind in ("disconnected", "unsupported_codec") else logging.INFO
+        logger.log(level, "%s %s %s %s", self.name, kind, self.url, info)
+        self._on_event(kind, info)
+
+    def _connected(self) -> None:
+        if self._sessions:
+            self.stats.reconnects += 1
+        self._sessions += 1
+
+    def _failed(self, error: BaseException) -> float:
+        """Count a failed session and return how long to wait before the next one."""
+        self.stats.errors += 1
+        self.stats.last_error = str(error) or type(error).__name__
+        delay = self._backoff.next()
+        self._event("disconnected", error=self.stats.last_error, retry_in=delay)
+        return delay
+
+
+class _Worker(RtmpEndpoint):
+    """An endpoint whose session runs in a pool thread, reaching the hub through an inbox."""
 
     def __init__(
         self,
@@ -152,17 +194,11 @@ class _Worker:
         on_event: EventCallback,
         pool: ThreadPool | None,
     ) -> None:
-        self.url = url
-        self.name = name
-        self.stats = RtmpStats()
-        self._on_event = on_event
+        super().__init__(url, name, on_event)
         self._pool = pool
         self._inbox = HubInbox(name)
         self._wakeup = _Wakeup()
-        self._closing = False
         self._done: gevent.event.AsyncResult | None = None
-        self._backoff = Backoff()
-        self._sessions = 0
 
     def start(self) -> None:
         """Start the worker thread (on the hub)."""
@@ -186,24 +222,5 @@ class _Worker:
         self._inbox.close()
         return True
 
-    def _event(self, event: str, /, **info: Any) -> None:
-        """Report ``event`` to ``on_event`` on the hub (from the worker)."""
-        self._inbox.post(self._deliver_event, event, info)
-
-    def _deliver_event(self, kind: str, info: dict[str, Any]) -> None:
-        level = logging.WARNING if kind in ("disconnected", "unsupported_codec") else logging.INFO
-        logger.log(level, "%s %s %s %s", self.name, kind, self.url, info)
-        self._on_event(kind, info)
-
-    def _connected(self) -> None:
-        if self._sessions:
-            self.stats.reconnects += 1
-        self._sessions += 1
-
-    def _failed(self, error: BaseException) -> float:
-        """Count a failed session and return how long to wait before the next one."""
-        self.stats.errors += 1
-        self.stats.last_error = str(error) or type(error).__name__
-        delay = self._backoff.next()
-        self._event("disconnected", error=self.stats.last_error, retry_in=delay)
-        return delay
+    def _call_on_hub(self, fn: Callable[..., object], *args: object) -> None:
+        self._inbox.post(fn, *args)
