@@ -16,9 +16,7 @@ Like mediamtx ``internal/stream`` and its ``reader.go``:
   give it, the channel calls :attr:`Channel.on_keyframe_needed` so the
   publishing leg can ask its source for one (an RTCP PLI, RFC 4585 §6.3.1).
 
-Channels use gevent primitives and belong to the hub's thread: publish and
-subscribe from greenlets, not from native worker threads (a leg that demuxes
-in a thread pool publishes what the pool returns).
+Channels use gevent primitives: publish and subscribe from greenlets.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FLV tags: files written with wxmgw.media.flv are read back by ffprobe and ffmpeg.
+"""FLV tag bodies: files made of wxmgw.media.flv's bodies are read back by ffprobe and ffmpeg.
 
 The independent checks: ffprobe lists the packets (types, timestamps, codecs,
 picture sizes) and ffmpeg decodes every video frame and the AAC audio of a
@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import struct
 import subprocess
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import av
 import numpy as np
@@ -25,6 +27,61 @@ from wxmgw.media import flv
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE
 from wxmgw.media.transcode import AudioEncoder
 from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_annexb, to_avcc
+
+# --- FLV file framing: how these tests put our tag bodies in a file (E.2, E.3, E.4.1) ---
+
+#: TagType (E.4.1).
+TAG_AUDIO: Final = 8
+TAG_VIDEO: Final = 9
+TAG_SCRIPT: Final = 18
+
+#: Tag header (E.4.1) and PreviousTagSize (E.3) lengths.
+TAG_HEADER_SIZE: Final = 11
+PREVIOUS_TAG_SIZE: Final = 4
+
+
+def file_header(*, audio: bool = True, video: bool = True) -> bytes:
+    """The FLV header (E.2) and PreviousTagSize0: the 13 bytes before the first tag."""
+    flags = (0x04 if audio else 0) | (0x01 if video else 0)
+    return b"FLV\x01" + bytes((flags,)) + (9).to_bytes(4, "big") + bytes(PREVIOUS_TAG_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class FlvTag:
+    """One FLV tag with its trailing PreviousTagSize (E.4.1, E.3).
+
+    ``timestamp`` is in milliseconds; it is written as the spec's 24 bits plus
+    TimestampExtended, so it wraps at 2**32. StreamID is always 0.
+    """
+
+    kind: int
+    timestamp: int
+    data: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> FlvTag:
+        if len(data) < TAG_HEADER_SIZE + PREVIOUS_TAG_SIZE:
+            raise ParseError(f"FLV tag too short ({len(data)} bytes)")
+        if data[0] & 0xE0:
+            raise ParseError(f"FLV tag with reserved or Filter bits set ({data[0]:#x})")
+        size = int.from_bytes(data[1:4], "big")
+        if len(data) != TAG_HEADER_SIZE + size + PREVIOUS_TAG_SIZE:
+            raise ParseError(f"FLV tag of {size} data bytes in {len(data)} bytes")
+        if data[8:11] != b"\x00\x00\x00":
+            raise ParseError("FLV tag StreamID is not 0")
+        end = TAG_HEADER_SIZE + size
+        if int.from_bytes(data[end:], "big") != end:
+            raise ParseError("PreviousTagSize does not match the tag")
+        timestamp = int.from_bytes(data[4:7], "big") | data[7] << 24
+        return cls(data[0], timestamp, bytes(data[TAG_HEADER_SIZE:end]))
+
+    def __bytes__(self) -> bytes:
+        size = len(self.data)
+        ts = self.timestamp & 0xFFFFFFFF
+        header = struct.pack(">B3s3sB3s", self.kind, size.to_bytes(3, "big"),
+                             (ts & 0xFFFFFF).to_bytes(3, "big"), ts >> 24, b"\x00\x00\x00")
+        return header + self.data + (TAG_HEADER_SIZE + size).to_bytes(PREVIOUS_TAG_SIZE, "big")
+
 
 FPS = 25
 
@@ -70,9 +127,9 @@ def switching_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1.2 s: AAC tone throughout, 320x240 video for 0.4 s, then 160x120 for 0.4 s, then none."""
     clips = CLIPS
     encoder = AudioEncoder("AAC")
-    tags = [flv.FlvTag(flv.TAG_SCRIPT, 0, flv.on_metadata(
+    tags = [FlvTag(TAG_SCRIPT, 0, flv.on_metadata(
                 {"audiocodecid": 10.0, "videocodecid": 7.0, "answer": 42.0, "live": True})),
-            flv.FlvTag(flv.TAG_AUDIO, 0, flv.aac_sequence_header(encoder.extradata))]
+            FlvTag(TAG_AUDIO, 0, flv.aac_sequence_header(encoder.extradata))]
     packets = 0
     for tick in range(30):  # 40 ms each
         ms = tick * 40
@@ -81,18 +138,18 @@ def switching_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
             nalus, key = clip[tick % 10]
             if tick % 10 == 0:
                 assert key
-                tags.append(flv.FlvTag(flv.TAG_VIDEO, ms, sequence_header(nalus)))
-            tags.append(flv.FlvTag(flv.TAG_VIDEO, ms, flv.avc_frame(to_avcc(nalus), key)))
+                tags.append(FlvTag(TAG_VIDEO, ms, sequence_header(nalus)))
+            tags.append(FlvTag(TAG_VIDEO, ms, flv.avc_frame(to_avcc(nalus), key)))
         for half in (0, 1):
             start = (2 * tick + half) * AUDIO_FRAME_SAMPLES
             t = (np.arange(AUDIO_FRAME_SAMPLES) + start) / AUDIO_RATE
             pcm = (np.sin(2 * np.pi * 1000 * t) * 8000).astype(np.int16)
             for data in encoder.encode(pcm):
-                tags.append(flv.FlvTag(flv.TAG_AUDIO, packets * 1024 * 1000 // AUDIO_RATE,
+                tags.append(FlvTag(TAG_AUDIO, packets * 1024 * 1000 // AUDIO_RATE,
                                        flv.aac_frame(data)))
                 packets += 1
     path = tmp_path_factory.mktemp("flv") / "switch.flv"
-    path.write_bytes(flv.file_header() + b"".join(bytes(t) for t in tags))
+    path.write_bytes(file_header() + b"".join(bytes(t) for t in tags))
     return path
 
 
@@ -144,20 +201,20 @@ def split_tags(data: bytes) -> list[bytes]:
     """The tags of an FLV file (each with its PreviousTagSize), by their DataSize fields."""
     out, pos = [], 13
     while pos < len(data):
-        end = pos + flv.TAG_HEADER_SIZE + int.from_bytes(data[pos + 1:pos + 4], "big") + 4
+        end = pos + TAG_HEADER_SIZE + int.from_bytes(data[pos + 1:pos + 4], "big") + 4
         out.append(data[pos:end])
         pos = end
     return out
 
 
 def test_ffmpeg_written_tags_round_trip(ffmpeg_file: bytes) -> None:
-    assert ffmpeg_file[:13] == flv.file_header(audio=True, video=True)
+    assert ffmpeg_file[:13] == file_header(audio=True, video=True)
     raw = split_tags(ffmpeg_file)
-    tags = [flv.FlvTag.parse(t) for t in raw]
+    tags = [FlvTag.parse(t) for t in raw]
     assert [bytes(t) for t in tags] == raw
-    assert tags[0].kind == flv.TAG_SCRIPT and tags[0].data.startswith(b"\x02\x00\x0aonMetaData")
-    video = [t for t in tags if t.kind == flv.TAG_VIDEO]
-    audio = [t for t in tags if t.kind == flv.TAG_AUDIO]
+    assert tags[0].kind == TAG_SCRIPT and tags[0].data.startswith(b"\x02\x00\x0aonMetaData")
+    video = [t for t in tags if t.kind == TAG_VIDEO]
+    audio = [t for t in tags if t.kind == TAG_AUDIO]
     assert video[0].data[:5] == b"\x17\x00\x00\x00\x00" and audio[0].data[:2] == b"\xaf\x00"
     assert all(t.data[:2] in (b"\x17\x01", b"\x27\x01") for t in video[1:-1])
     assert video[-1].data == b"\x17\x02\x00\x00\x00"  # ffmpeg ends with AVC end of sequence
@@ -167,21 +224,21 @@ def test_ffmpeg_written_tags_round_trip(ffmpeg_file: bytes) -> None:
 
 
 def test_extended_timestamp_layout() -> None:
-    tag = flv.FlvTag(flv.TAG_AUDIO, 0x12345678, b"\xaf\x01ab")
+    tag = FlvTag(TAG_AUDIO, 0x12345678, b"\xaf\x01ab")
     data = bytes(tag)
     assert data[:11] == bytes([8, 0, 0, 4, 0x34, 0x56, 0x78, 0x12, 0, 0, 0])
     assert data[-4:] == (11 + 4).to_bytes(4, "big")
-    assert flv.FlvTag.parse(data) == tag
-    assert flv.FlvTag.parse(bytes(flv.FlvTag(flv.TAG_VIDEO, 2**32 + 5, b""))).timestamp == 5
+    assert FlvTag.parse(data) == tag
+    assert FlvTag.parse(bytes(FlvTag(TAG_VIDEO, 2**32 + 5, b""))).timestamp == 5
 
 
 def test_parse_rejects_truncated_and_random_bytes(ffmpeg_file: bytes) -> None:
     tag = split_tags(ffmpeg_file)[1]
     for cut in range(len(tag)):
         with pytest.raises(ParseError):
-            flv.FlvTag.parse(tag[:cut])
+            FlvTag.parse(tag[:cut])
     rng = random.Random(5)
     for _ in range(2000):
         data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(40)))
         with contextlib.suppress(ParseError):
-            flv.FlvTag.parse(data)
+            FlvTag.parse(data)

@@ -198,7 +198,7 @@ class FlvPublisher:
 
     Runs two greenlets on the hub (one per subscription) that feed an
     :class:`AvInterleaver` and hand its output to an :class:`RtmpWriter`
-    (in a worker thread, reconnecting with backoff). A video channel
+    (in its own greenlet, reconnecting with backoff). A video channel
     given at start or by :meth:`set_video` starts at its cached keyframe.
     """
 
@@ -246,7 +246,7 @@ class FlvPublisher:
             self._follow("video", video)
 
     def close(self) -> None:
-        """Stop at once and end the publication (the writer's thread finishes on its own)."""
+        """Stop at once and end the publication (the writer flushes and ends on its own)."""
         if self._closed:
             return
         self._closed = True

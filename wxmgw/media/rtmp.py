@@ -1,4 +1,4 @@
-"""RTMP on the gevent hub: the chunk stream and a client that plays one stream.
+"""RTMP on the gevent hub: the chunk stream and a client that plays or publishes one stream.
 
 Adobe's RTMP specification (1.0, 2012): §5.2 the handshake, §5.3 chunking,
 §5.4 protocol control messages, §6.2 user control events, §7.2 commands.
@@ -56,6 +56,8 @@ _CONTROL_CSID: Final = 2
 _COMMAND_CSID: Final = 3
 _BUFFER_MS: Final = 3000
 _RECV_SIZE: Final = 65536
+#: Chunk stream ids of the published messages, as FFmpeg chooses them.
+_MEDIA_CSID: Final = {AUDIO: 4, DATA_AMF0: 5, VIDEO: 6}
 #: The message header's length for each chunk type fmt 0..3 (§5.3.1.2).
 _HEADER_SIZE: Final = (11, 7, 3, 0)
 
@@ -228,11 +230,13 @@ class RtmpError(Exception):
 
 
 class RtmpClient:
-    """One RTMP connection that plays one stream, on gevent sockets.
+    """One RTMP connection that plays or publishes one stream, on gevent sockets.
 
     :meth:`play` connects, shakes hands, and asks for the stream; then
     :meth:`read` returns its audio, video and data messages one at a time,
-    answering pings and acknowledging bytes on the way. Socket errors and
+    answering pings and acknowledging bytes on the way. :meth:`publish`
+    starts a live publication that :meth:`send` feeds. ``timeout`` bounds
+    the opening and every send. Socket errors and
     timeouts propagate (``OSError``); a refusal or the end of the stream is
     :class:`RtmpError`; garbage from the server is :class:`ParseError`.
     """
@@ -252,22 +256,7 @@ class RtmpClient:
 
     def play(self, read_timeout: float) -> None:
         """Connect and start playing; raises when the stream cannot be played."""
-        self._sock = socket.create_connection((self.url.host, self.url.port), self._timeout)
-        self._sock.settimeout(self._timeout)
-        self._handshake()
-        self._send(SET_CHUNK_SIZE, _OUR_CHUNK_SIZE.to_bytes(4, "big"))
-        self._writer.chunk_size = _OUR_CHUNK_SIZE
-        self._call("connect", {
-            "app": self.url.app, "flashVer": "LNX 9,0,124,2", "tcUrl": self.url.tc_url,
-            "fpad": False, "capabilities": 15.0, "audioCodecs": 4071.0,
-            "videoCodecs": 252.0, "videoFunction": 1.0,
-        })
-        self._result()
-        self._call("createStream", None)
-        stream_id = self._result()
-        if not isinstance(stream_id, float):
-            raise RtmpError(f"createStream answered {stream_id!r}")
-        self._stream_id = int(stream_id)
+        self._open()
         self._command(self._stream_id, "play", 0, None, self.url.stream, -1000.0)
         self._user_control(_SET_BUFFER_LENGTH, struct.pack(">II", self._stream_id, _BUFFER_MS))
         while True:
@@ -277,10 +266,47 @@ class RtmpClient:
                 break
             if self._status(message) == "NetStream.Play.Start":
                 break
+        assert self._sock is not None
         self._sock.settimeout(read_timeout)
 
+    def publish(self) -> None:
+        """Connect and start publishing (live); raises when the server refuses."""
+        self._open()
+        self._command(self._stream_id, "publish", 0, None, self.url.stream, "live")
+        while self._status(self._next()) != "NetStream.Publish.Start":
+            pass
+
+    def send(self, type_id: int, timestamp: int, payload: bytes) -> None:
+        """Send one audio, video or data message of the published stream."""
+        csid = _MEDIA_CSID[type_id]
+        message = Message(type_id, self._stream_id, timestamp, payload)
+        self._sendall(self._writer.chunks(message, csid))
+
+    def _open(self) -> None:
+        """TCP, handshake, ``connect`` and ``createStream`` (§7.2.1.1, §7.2.1.3)."""
+        self._sock = socket.create_connection((self.url.host, self.url.port), self._timeout)
+        self._sock.settimeout(self._timeout)
+        self._handshake()
+        self._send(SET_CHUNK_SIZE, _OUR_CHUNK_SIZE.to_bytes(4, "big"))
+        self._writer.chunk_size = _OUR_CHUNK_SIZE
+        self._call("connect", {
+            "app": self.url.app, "type": "nonprivate", "flashVer": "LNX 9,0,124,2",
+            "tcUrl": self.url.tc_url, "fpad": False, "capabilities": 15.0,
+            "audioCodecs": 4071.0, "videoCodecs": 252.0, "videoFunction": 1.0,
+        })
+        self._result()
+        self._call("createStream", None)
+        stream_id = self._result()
+        if not isinstance(stream_id, float):
+            raise RtmpError(f"createStream answered {stream_id!r}")
+        self._stream_id = int(stream_id)
+
     def read(self) -> Message:
-        """The next audio, video or data message of the stream."""
+        """The next audio, video or data message of the stream.
+
+        A publisher calls it too, to answer pings and see the server's
+        status: it then returns nothing until the session ends.
+        """
         if self._pending:
             return self._pending.pop(0)
         while True:

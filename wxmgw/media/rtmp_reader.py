@@ -20,10 +20,10 @@ from typing import Final
 import gevent
 
 from wxmgw.errors import MediaError, ParseError
+from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
 from wxmgw.media.rtmp import AUDIO, VIDEO, RtmpClient, RtmpError
 from wxmgw.media.transcode import AudioDecoder, PcmFramer
-from wxmgw.media.worker import EventCallback, RtmpEndpoint
 from wxmgw.rtp.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
 
 #: An audio timestamp further than this from the sample counter is a gap.
@@ -53,7 +53,7 @@ class RtmpReader(RtmpEndpoint):
 
     Events: ``connected``, ``disconnected`` (with ``error`` and ``retry_in``:
     also when the stream is not published yet), ``unsupported_codec``. The
-    session is retried with :class:`~wxmgw.media.worker.Backoff` until
+    session is retried with :class:`~wxmgw.media.endpoint.Backoff` until
     :meth:`close`. Every callback runs in the reader's greenlet.
     """
 

@@ -1,18 +1,17 @@
-"""RTMP push in a worker thread: H.264 and AAC as FLV tags written here, sent by FFmpeg.
+"""RTMP push on the gevent hub: H.264 and AAC as FLV tags, published by our RTMP client.
 
-The FLV tags are made by :mod:`wxmgw.media.flv`, not by FFmpeg's FLV muxer:
-that muxer fixes a publication's streams and sequence headers at its header,
-and PyAV cannot attach the ``AV_PKT_DATA_NEW_EXTRADATA`` side data that would
-announce a new AVC sequence header later. So adding, switching or removing
-video would end the publication, and players stop at its end (nginx-rtmp sends
-them StreamEOF). Written by hand, a publication lasts: a new video source gets
-a fresh sequence header before its first keyframe, and removing video is just
-sending no more video tags.
+The FLV tag bodies are made by :mod:`wxmgw.media.flv`, not by FFmpeg's FLV
+muxer: that muxer fixes a publication's streams and sequence headers at its
+header, so adding, switching or removing video would end the publication,
+and players stop at its end (nginx-rtmp sends them StreamEOF). Written by
+hand, a publication lasts: a new video source gets a fresh sequence header
+before its first keyframe, and removing video is just sending no more video
+tags.
 
-FFmpeg still does RTMP: the tags go, as packets of PyAV's raw ``data`` muxer
-(which writes packet bytes verbatim), to FFmpeg's RTMP protocol, whose writer
-reads an FLV byte stream (it skips the 13-byte file header and sends each tag
-as an RTMP message with the tag's type and timestamp).
+Each tag goes out as one RTMP message through
+:class:`~wxmgw.media.rtmp.RtmpClient`, from the writer's greenlet: no thread,
+and a live server that accepts TCP but stops reading is timed out like any
+other (every send is bounded). AAC is encoded by FFmpeg (PyAV).
 """
 
 from __future__ import annotations
@@ -22,21 +21,23 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-import av
 import av.error
-from gevent.threadpool import ThreadPool
+import gevent
+import gevent.event
 
-from wxmgw.errors import ParseError
-from wxmgw.media import flv
+from wxmgw.errors import MediaError, ParseError
+from wxmgw.media import amf0, flv
+from wxmgw.media.endpoint import EventCallback, RtmpEndpoint, RtmpStats
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
+from wxmgw.media.rtmp import AUDIO, DATA_AMF0, VIDEO, RtmpClient, RtmpError
 from wxmgw.media.transcode import AudioEncoder
-from wxmgw.media.worker import EventCallback, RtmpStats, _Worker
 from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, to_avcc
 
 #: An audio timestamp further than this (ms) from the sample counter is a gap.
 _AUDIO_RESYNC_MS: Final = 200
-#: Each tag is sent at once: the RTMP output's buffer would otherwise hold 32 KiB.
-_OUTPUT_OPTIONS: Final = {"flush_packets": "1"}
+#: What ends a publication (it is retried).
+_SESSION_ERRORS: Final = (OSError, RtmpError, ParseError, MediaError, av.error.FFmpegError,
+                          gevent.Timeout)
 #: onMetaData codec ids (FLV spec E.4.2.1, E.4.3.1).
 _AUDIO_METADATA: Final[dict[str, float | bool]] = {
     "audiocodecid": 10.0,  # AAC
@@ -69,7 +70,7 @@ class _Source:
 _CLOSE: Final = object()
 
 
-class RtmpWriter(_Worker):
+class RtmpWriter(RtmpEndpoint):
     """Publishes H.264 and AAC-LC (encoded here from PCM) to an RTMP URL, as one publication.
 
     A writer made with ``video=True`` opens its publication on the first
@@ -80,22 +81,18 @@ class RtmpWriter(_Worker):
     keyframe whose SPS/PPS differ from those last sent gets a new AVC sequence
     header first. ``audio=False`` makes a video-only publication.
 
-    ``write_*`` never block: they queue for the worker thread, and when the
+    ``write_*`` never block: they queue for the writer's greenlet, and when the
     queue is full (the live server is slow) the write is dropped and counted,
     and video resumes at the next keyframe. Timestamps are the callers'
     milliseconds, rebased so each publication starts at 0 and kept
     non-decreasing per stream; tags go out in the order written (the caller
     interleaves). If the server drops the publication, the next one is tried
-    with :class:`~wxmgw.media.worker.Backoff`, starting again at a keyframe
+    with :class:`~wxmgw.media.endpoint.Backoff`, starting again at a keyframe
     with fresh sequence headers. :meth:`close` flushes what is queued and ends
     the publication.
 
     Events: ``connected`` (``video``, ``audio``), ``disconnected`` (``error``, ``retry_in``).
-
-    Limitation: PyAV opens an output's I/O with ``avio_open()`` and no
-    options or interrupt callback, so FFmpeg's ``rw_timeout`` cannot be set on
-    the RTMP connection: a server that accepts TCP but stops reading blocks
-    the worker until the kernel gives up on the connection.
+    Opening a publication and each send are bounded by ``timeout``.
     """
 
     def __init__(
@@ -107,23 +104,37 @@ class RtmpWriter(_Worker):
         video: bool = True,
         audio: bool = True,
         queue_size: int = 256,
-        pool: ThreadPool | None = None,
+        timeout: float = 10.0,
     ) -> None:
         if not (video or audio):
             raise ValueError("a writer needs at least one stream")
-        super().__init__(url, name, on_event, pool)
+        super().__init__(url, name, on_event)
         self.audio = audio
         self.video = video
         self._queue: deque[object] = deque()
         self._queue_size = queue_size
         self._video_gap = False
-        # worker side
+        self._timeout = timeout
+        self._ready = gevent.event.Event()
+        self._greenlet: gevent.Greenlet | None = None
+        # the writer's greenlet
         self._publication: _Publication | None = None
         self._retry_at = 0.0
         self._sps: bytes | None = None
         self._pps: bytes | None = None
 
-    # --- hub side -------------------------------------------------------------
+    # --- callers' side ----------------------------------------------------------
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the writer has flushed and stopped; True if it has."""
+        if self._greenlet is not None:
+            self._greenlet.join(timeout)
+            return self._greenlet.dead
+        return True
 
     def write_video(self, frame: VideoFrame, pts_ms: int) -> None:
         """Queue an access unit (SPS and PPS in-band before keyframes) for the video tags."""
@@ -150,13 +161,14 @@ class RtmpWriter(_Worker):
             self.video = video
             self._video_gap = False
             self._queue.append(_Source(video))
-            self._wakeup.set()
+            self._ready.set()
 
     def close(self) -> None:
-        """Flush what is queued, end the publication, stop the worker."""
+        """Flush what is queued, end the publication, stop the writer."""
         if not self._closing:
             self._queue.append(_CLOSE)
-        super().close()
+            self._closing = True
+            self._ready.set()
 
     def _put(self, item: object) -> bool:
         if self._closing:
@@ -165,17 +177,18 @@ class RtmpWriter(_Worker):
             self.stats.dropped += 1
             return False
         self._queue.append(item)
-        self._wakeup.set()
+        self._ready.set()
         return True
 
-    # --- worker side ----------------------------------------------------------
+    # --- the writer's greenlet ---------------------------------------------------
 
     def _run(self) -> None:
         video = self.video
         try:
             while True:
                 while not self._queue:
-                    self._wakeup.wait()
+                    self._ready.clear()
+                    self._ready.wait()
                 item = self._queue.popleft()
                 if item is _CLOSE:
                     return
@@ -184,7 +197,7 @@ class RtmpWriter(_Worker):
                     self._sps = self._pps = None
                 try:
                     self._write(item, video)
-                except (av.error.FFmpegError, OSError, ParseError) as e:
+                except _SESSION_ERRORS as e:
                     self._end()
                     self._retry_at = time.monotonic() + self._failed(e)
         finally:
@@ -223,12 +236,14 @@ class RtmpWriter(_Worker):
     def _open(self, video: bool, base_ms: int) -> _Publication | None:
         if time.monotonic() < self._retry_at:
             return None
-        container = av.open(self.url, "w", format="data", options=_OUTPUT_OPTIONS)
+        client = RtmpClient(self.url, self._timeout)
         try:
+            with gevent.Timeout(self._timeout, RtmpError("no answer to publish in time")):
+                client.publish()
             encoder = AudioEncoder("AAC") if self.audio else None
-            self._publication = _Publication(container, encoder, video, base_ms, self.stats)
+            self._publication = _Publication(client, encoder, video, base_ms, self.stats)
         except BaseException:
-            container.close()
+            client.close()
             raise
         self._connected()
         self._event("connected", video=video, audio=self.audio)
@@ -237,30 +252,30 @@ class RtmpWriter(_Worker):
     def _end(self) -> None:
         publication, self._publication = self._publication, None
         if publication is not None:
-            try:
-                publication.close()
-            except (av.error.FFmpegError, OSError) as e:
-                self.stats.last_error = str(e)
+            publication.close()
 
 
 class _Publication:
     """One RTMP publication: the FLV tags written so far and their timestamp state.
 
-    It starts with the FLV header, onMetaData and the AAC sequence header;
-    onMetaData is sent again whenever video comes or goes, for players that
-    join later (nginx-rtmp keeps the last one for them).
+    It starts with onMetaData and the AAC sequence header; onMetaData is sent
+    again whenever video comes or goes, for players that join later
+    (nginx-rtmp keeps the last one for them). A greenlet reads what the
+    server says meanwhile (acknowledgements, pings, an error status): a
+    failure it sees ends the publication at the next write.
     """
 
     def __init__(
         self,
-        container: av.container.OutputContainer,
+        client: RtmpClient,
         encoder: AudioEncoder | None,
         video: bool,
         base_ms: int,
         stats: RtmpStats,
     ) -> None:
-        self._container = container
-        self._stream = container.add_data_stream()
+        self._client = client
+        self._failure: BaseException | None = None
+        self._listener = gevent.spawn(self._listen)
         self._stats = stats
         self._base = base_ms
         self._encoder = encoder
@@ -271,10 +286,9 @@ class _Publication:
         self._audio_anchor: int | None = None
         self._audio_in = 0
         self._audio_out = 0
-        self._send(flv.file_header(audio=encoder is not None, video=video))
         self._metadata(0)
         if encoder is not None:
-            self._tag(flv.TAG_AUDIO, 0, flv.aac_sequence_header(encoder.extradata))
+            self._tag(AUDIO, 0, flv.aac_sequence_header(encoder.extradata))
 
     def set_video(self, video: bool) -> None:
         """A new video source (its keyframe will bring a sequence header), or none."""
@@ -295,11 +309,11 @@ class _Publication:
         ms = self._last_video = max(pts_ms - self._base, self._last_video)
         if frame.keyframe and sps and pps and self._avc != (sps, pps):
             record = bytes(AvcConfig.from_parameter_sets(sps, pps))
-            self._tag(flv.TAG_VIDEO, ms, flv.avc_sequence_header(record))
+            self._tag(VIDEO, ms, flv.avc_sequence_header(record))
             self._avc = (sps, pps)
         if self._avc is None:
             return False
-        self._tag(flv.TAG_VIDEO, ms, flv.avc_frame(to_avcc(frame.nalus), frame.keyframe))
+        self._tag(VIDEO, ms, flv.avc_frame(to_avcc(frame.nalus), frame.keyframe))
         return True
 
     def write_audio(self, pcm: Pcm, pts_ms: int) -> bool:
@@ -314,24 +328,34 @@ class _Publication:
             start = (self._audio_out - 1) * self._encoder.frame_samples * 1000 // AUDIO_RATE
             ms = self._last_audio = max(self._audio_anchor + start - self._base, self._last_audio)
             self._audio_out += 1
-            self._tag(flv.TAG_AUDIO, ms, flv.aac_frame(data))
+            self._tag(AUDIO, ms, flv.aac_frame(data))
         return True
 
     def close(self) -> None:
-        self._container.close()
+        self._listener.kill(block=False)
+        self._client.close()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                self._client.read()
+            except TimeoutError:
+                continue  # the server has nothing to say: fine for a publisher
+            except _SESSION_ERRORS as e:
+                self._failure = e
+                self._client.close()
+                return
 
     def _metadata(self, ms: int) -> None:
         fields = {**(_AUDIO_METADATA if self._encoder else {})}
         if self._video:
             fields.update(_VIDEO_METADATA)
-        self._tag(flv.TAG_SCRIPT, ms, flv.on_metadata(fields))
+        # As FFmpeg publishes it: the server keeps it for players that join later.
+        self._tag(DATA_AMF0, ms, amf0.encode("@setDataFrame") + flv.on_metadata(fields))
 
     def _tag(self, kind: int, ms: int, data: bytes) -> None:
-        self._send(bytes(flv.FlvTag(kind, ms, data)))
+        if self._failure is not None:
+            raise self._failure
+        self._client.send(kind, ms, data)
         self._stats.packets += 1
         self._stats.bytes += len(data)
-
-    def _send(self, data: bytes) -> None:
-        packet = av.Packet(data)
-        packet.stream = self._stream
-        self._container.mux(packet)
