@@ -357,7 +357,10 @@ class Rtmp2rtp(Leg):
         }
 
     def stats(self) -> dict[str, Any]:
-        """Frames in, RTP out, reconnects, RTCP seen, errors and the A/V offset.
+        """Frames in, RTP out, reconnects, RTCP seen, errors, added latency and the A/V offset.
+
+        ``addedLatencyMs`` is ``[p50, p99]`` per stream over the last frames,
+        from RTMP message read to RTP sent.
 
         ``avOffsetMs`` is how much later than the mix the synced video is
         presented, for frames captured at the same time (None without AvSync
@@ -367,6 +370,9 @@ class Rtmp2rtp(Leg):
         if self._reader is not None:
             r = self._reader.stats
             out.update(reconnects=r.reconnects, readErrors=r.errors)
+            out["addedLatencyMs"] = {
+                kind: window.percentiles_ms() for kind, window in self._reader.latency.items()
+            }
         mix_out = self._mix_out.stats() if self._mix_out is not None else None
         offset = None
         if mix_out is not None and self.sync_uuid and mix_out["video_frames"]:

@@ -8,6 +8,8 @@ event (logged, then handed to the leg).
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -18,6 +20,8 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 
 BACKOFF_INITIAL: Final = 0.5
 BACKOFF_MAX: Final = 8.0
+#: How many recent samples a :class:`LatencyWindow` keeps.
+LATENCY_SAMPLES: Final = 1000
 
 
 class Backoff:
@@ -87,3 +91,23 @@ class RtmpEndpoint:
         delay = self._backoff.next()
         self._event("disconnected", error=self.stats.last_error, retry_in=delay)
         return delay
+
+
+class LatencyWindow:
+    """The last ``LATENCY_SAMPLES`` durations of one kind of work, as percentiles."""
+
+    __slots__ = ("_samples",)
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+
+    def add(self, seconds: float) -> None:
+        self._samples.append(seconds)
+
+    def percentiles_ms(self) -> list[float] | None:
+        """``[p50, p99]`` in milliseconds, None before the first sample."""
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        n = len(ordered)
+        return [round(ordered[math.ceil(q * n) - 1] * 1000, 2) for q in (0.5, 0.99)]  # nearest rank

@@ -20,7 +20,7 @@ from typing import Final
 import gevent
 
 from wxmgw.errors import MediaError, ParseError
-from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
+from wxmgw.media.endpoint import EventCallback, LatencyWindow, RtmpEndpoint
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
 from wxmgw.media.rtmp import AUDIO, VIDEO, RtmpClient, RtmpError
 from wxmgw.media.transcode import AudioDecoder, PcmFramer
@@ -55,6 +55,11 @@ class RtmpReader(RtmpEndpoint):
     also when the stream is not published yet), ``unsupported_codec``. The
     session is retried with :class:`~wxmgw.media.endpoint.Backoff` until
     :meth:`close`. Every callback runs in the reader's greenlet.
+
+    :attr:`latency` times each message from the moment it is read to the
+    moment its frames' callbacks have returned (for a leg, when their RTP is
+    sent): the latency the gateway adds, but for the up to 20 ms of audio the
+    framer holds to cut 20 ms frames.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class RtmpReader(RtmpEndpoint):
         self._read_timeout = read_timeout
         self._reported: set[tuple[str, str]] = set()
         self._greenlet: gevent.Greenlet | None = None
+        self.latency = {"video": LatencyWindow(), "audio": LatencyWindow()}
 
     def start(self) -> None:
         if self._greenlet is None:
@@ -117,7 +123,10 @@ class RtmpReader(RtmpEndpoint):
                     continue
                 self.stats.packets += 1
                 self.stats.bytes += len(message.payload)
+                read = time.perf_counter()
                 self._convert(flv, message.type_id, message.timestamp, message.payload)
+                kind = "video" if message.type_id == VIDEO else "audio"
+                self.latency[kind].add(time.perf_counter() - read)
         finally:
             client.close()
 
