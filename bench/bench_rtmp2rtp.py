@@ -13,7 +13,12 @@ During the gateway's window a probe on its own Thrift connection calls
 StartPush then StopPush of a throwaway member (pushed to this bench's nginx)
 and sleeps 200 ms, again and again; the table gives p50/p99 of every call's
 round trip (a failed or timed-out call counts 5 s). The gateway's work for
-those calls is inside its CPU figure. Media latency is not measured here.
+those calls is inside its CPU figure.
+
+Added latency (RTMP message read -> RTP sent) is the gateway's own measure,
+read from ``/monitor/state`` at the end of the window: p50 is the median of
+the legs' p50s, p99 the worst leg's p99, each over the leg's last 1000
+messages. The ffmpeg CLI has no such measure.
 """
 
 from __future__ import annotations
@@ -106,8 +111,19 @@ def measure(procs: list[psutil.Process], seconds: float,
     return cpu, mem, calls
 
 
+def added_latency(gw: GatewayProcess, kind: str) -> str:
+    """``p50/p99`` ms of the legs' added latency for ``kind`` (see the module docstring)."""
+    windows = [leg["stats"]["addedLatencyMs"][kind] for leg in gw.state()["legs"]
+               if leg["kind"] == "rtmp2rtp"]
+    windows = [w for w in windows if w]
+    if not windows:
+        return "-"
+    p50s = sorted(w[0] for w in windows)
+    return f"{p50s[len(p50s) // 2]:.1f}/{max(w[1] for w in windows):.1f}"
+
+
 def gateway_run(gw: GatewayProcess, live: NginxRtmp, url: str, legs: int,
-                seconds: float) -> tuple[float, int, list[float]]:
+                seconds: float) -> tuple[float, int, list[float], list[str]]:
     client = make_client(tpy.WxMgw, "127.0.0.1", gw.thrift_port, timeout=10000)
     sinks = [Sink() for _ in range(legs)]
     for i, sink in enumerate(sinks):
@@ -118,8 +134,9 @@ def gateway_run(gw: GatewayProcess, live: NginxRtmp, url: str, legs: int,
         assert r.code == 0, r.message
     probe = f"probe-{legs}"
     try:
-        return measure([psutil.Process(gw.proc.pid)], seconds, partial(
+        cpu, mem, calls = measure([psutil.Process(gw.proc.pid)], seconds, partial(
             Probe, gw.thrift_port, push_probe_calls(probe, live.rtmp_url(probe)), PROBE_PAUSE))
+        return cpu, mem, calls, [added_latency(gw, kind) for kind in ("video", "audio")]
     finally:
         for i in range(legs):
             client.StopPull(tpy.StopPullReq(uuid=f"bench-{i}", confId="bench"))
@@ -154,19 +171,21 @@ def main() -> None:
                 time.sleep(0.1)
             idle_rss = rss([psutil.Process(gw.proc.pid)])
             print(f"gateway idle RSS {idle_rss / 2**20:.1f} MB; {args.seconds:.0f} s per run; "
-                  "thrift = StartPush/StopPush round trip under load (ms)")
+                  "thrift = StartPush/StopPush round trip under load (ms); "
+                  "added latency p50/p99 (ms)")
             print(f"{'legs':>5} {'who':>8} {'CPU s/leg-min':>14} {'RSS MB/leg':>11} "
-                  f"{'thrift p50':>10} {'thrift p99':>10}")
+                  f"{'thrift p50':>10} {'thrift p99':>10} {'video':>11} {'audio':>11}")
             per_minute = 60.0 / args.seconds
             for n in args.legs:
-                cpu, mem, calls = gateway_run(gw, live, url, n, args.seconds)
+                cpu, mem, calls, latency = gateway_run(gw, live, url, n, args.seconds)
                 print(f"{n:>5} {'wxmgw':>8} {cpu / n * per_minute:>14.2f} "
                       f"{(mem - idle_rss) / n / 2**20:>11.1f} "
-                      f"{fmt(pct_ms(calls, 50), '.1f'):>10} {fmt(pct_ms(calls, 99), '.1f'):>10}",
-                      flush=True)
+                      f"{fmt(pct_ms(calls, 50), '.1f'):>10} {fmt(pct_ms(calls, 99), '.1f'):>10} "
+                      f"{latency[0]:>11} {latency[1]:>11}", flush=True)
                 cpu, mem, _ = ffmpeg_run(url, n, args.seconds)
                 print(f"{n:>5} {'ffmpeg':>8} {cpu / n * per_minute:>14.2f} "
-                      f"{mem / n / 2**20:>11.1f} {'-':>10} {'-':>10}", flush=True)
+                      f"{mem / n / 2**20:>11.1f} {'-':>10} {'-':>10} {'-':>11} {'-':>11}",
+                      flush=True)
         finally:
             gw.stop()
             kill_all([publisher])
