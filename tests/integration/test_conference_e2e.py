@@ -200,10 +200,6 @@ def test_each_player_gets_the_others_video_and_tone_not_its_own(
         assert demo.verdict(rx, mp, peer, lip_sync=False) == [], rx.summary()
 
 
-@pytest.mark.skip(reason="measures +67..+184 ms over this test's 4 s listen started right "
-                  "after AvSync, while the gateway's own avOffsetMs says 0 and `make demo` "
-                  "(24 s listen) measures -14..-3 ms: the switch-in of the synced video (its "
-                  "cached GOP written with clamped timestamps) is the suspect, not yet fixed")
 def test_mix_stream_is_lip_synced(conference: Conference) -> None:
     low, high = demo.LIP_SYNC_MS
     for mp, _ in PAIRS:
