@@ -411,8 +411,12 @@ class RtmpClient:
         self._sendall(self._writer.chunks(Message(type_id, stream_id, 0, payload), csid))
 
     def _sendall(self, data: bytes) -> None:
+        # Not gevent's sendall(): it asks the kernel for SO_SNDBUF on every call,
+        # a system call per message that cost as much as the send itself.
         assert self._sock is not None
-        self._sock.sendall(data)
+        view = memoryview(data)
+        while view:
+            view = view[self._sock.send(view) :]
 
     def _recv_exactly(self, n: int) -> bytes:
         assert self._sock is not None
