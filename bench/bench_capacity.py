@@ -277,15 +277,20 @@ class Window:
 
 
 def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> Result:
-    gw = GatewayProcess(tmp, rtp_ports=8 * n + 32)
+    """``n`` two-way legs over ``args.gateways`` processes, leg i on gateway i mod K."""
+    gateways = [GatewayProcess(tmp, rtp_ports=8 * n + 32)
+                for k in range(args.gateways)]
+    gw = gateways[0]  # the probes' gateway
     peer = MasPeer()
-    client = make_client(tpy.WxMgw, "127.0.0.1", gw.thrift_port, timeout=20000)
+    clients = [make_client(tpy.WxMgw, "127.0.0.1", g.thrift_port, timeout=20000)
+               for g in gateways]
     probes: list[Probe] = []
     players: list[CountPlayer] = []
     try:
-        proc = psutil.Process(gw.proc.pid)
-        idle = rss([proc])
+        procs = [psutil.Process(g.proc.pid) for g in gateways]
+        idle = rss(procs)
         for i in range(n):
+            client = clients[i % len(clients)]
             leg = peer.add()
             audio, video = leg.ports
             r = client.StartPush(tpy.StartPushReq(
@@ -306,10 +311,11 @@ def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> R
             players += [CountPlayer(live.rtmp_url(f"wx-member{i}")),
                         CountPlayer(live.rtmp_url(f"wx-mix{i}"))]
         time.sleep(args.warmup)
-        window = Window([proc], peer, players)
+        window = Window(procs, peer, players)
         window.open()
         time.sleep(args.seconds)
-        result = window.close("wxmgw", n, (rss([proc]) - idle) / n)
+        who = "wxmgw" if len(gateways) == 1 else f"wxmgw/{len(gateways)}"
+        result = window.close(who, n, (rss(procs) - idle) / n)
         # The probes cost CPU of their own (a StartPush connects to the live
         # server): they run after the measured window, under the same load.
         # A StartPush/StopPush of a probe member every 0.25 s; a StopPush of
@@ -330,8 +336,10 @@ def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> R
             probe.stop()
         for p in players:
             p.stop()
-        client.close()
-        gw.stop()
+        for client in clients:
+            client.close()
+        for g in gateways:
+            g.stop()
         peer.close()
 
 
@@ -400,7 +408,8 @@ def plot(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (cpu_ax, cont_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for who, style in (("wxmgw", "o-"), ("ffmpeg", "s--")):
+    for who in dict.fromkeys(r.who for r in results):
+        style = "s--" if who == "ffmpeg" else "o-"
         rs = [r for r in results if r.who == who]
         ns = [r.n for r in rs]
         cpu_ax.plot(ns, [r.cpu_per_leg_minute for r in rs], style, label=who)
@@ -426,6 +435,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--probe-seconds", type=float, default=8.0)
     parser.add_argument("--players", type=int, default=3, help="legs whose RTMP output is played")
+    parser.add_argument("--gateways", type=int, default=1,
+                        help="wxmgw processes sharing the legs (one per core: 2 here)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--png", type=Path, default=ROOT / "bench" / "capacity.png")
     args = parser.parse_args()
