@@ -1,13 +1,11 @@
 """Per-packet audio work in numpy: G.711 tables and integer-ratio resampling.
 
 Every RTP audio packet passes through here once or twice (20 ms each way),
-often on the gevent hub. A PyAV call releases the GIL on entry and takes it
-back on exit, and with dozens of worker threads waiting for the GIL each of
-those hand-overs costs two context switches and, on the hub, the wait for
-the thread that took it: measured on 10 pull legs, three quarters of the
-process's CPU time was kernel scheduling around such calls. The
-numpy code below releases nothing and runs a 20 ms packet in a few
-microseconds.
+on the gevent hub. Through PyAV, a packet took several FFmpeg calls (the
+resampler's filter graph alone pushes and pulls), each releasing and taking
+back the GIL; when the RTMP legs still ran native threads, that made 62 % of
+the process's CPU kernel scheduling at 10 pull legs. The numpy code below
+releases nothing and runs a 20 ms packet in a few microseconds.
 
 * G.711 (A-law, µ-law) are table look-ups; the tables are filled once from
   FFmpeg's own coder, so the bytes are FFmpeg's exactly.

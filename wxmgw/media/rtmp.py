@@ -19,9 +19,12 @@ import os
 import socket
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit
+
+import gevent
 
 from wxmgw.errors import ParseError
 from wxmgw.media import amf0
@@ -132,10 +135,8 @@ class ChunkReader:
                 return None
             ts = int.from_bytes(buf[pos + header : pos + header + 4], "big")
         new_message = not state.body
-        remaining = state.length - len(state.body) if not new_message else 0
         length = int.from_bytes(buf[pos + 3 : pos + 6], "big") if fmt < 2 else state.length
-        if new_message:
-            remaining = length
+        remaining = length if new_message else state.length - len(state.body)
         take = min(self.chunk_size, remaining)
         start = pos + header + (4 if state.extended else 0)
         if start + take > len(buf):
@@ -236,9 +237,9 @@ class RtmpClient:
     :meth:`read` returns its audio, video and data messages one at a time,
     answering pings and acknowledging bytes on the way. :meth:`publish`
     starts a live publication that :meth:`send` feeds. ``timeout`` bounds
-    the opening and every send. Socket errors and
-    timeouts propagate (``OSError``); a refusal or the end of the stream is
-    :class:`RtmpError`; garbage from the server is :class:`ParseError`.
+    the whole opening (an :class:`RtmpError` past it) and every send. Socket
+    errors and timeouts propagate (``OSError``); a refusal or the end of the
+    stream is :class:`RtmpError`; garbage from the server is :class:`ParseError`.
     """
 
     def __init__(self, url: str, timeout: float) -> None:
@@ -248,7 +249,7 @@ class RtmpClient:
         self._sock: socket.socket | None = None
         self._reader = ChunkReader()
         self._writer = ChunkWriter()
-        self._pending: list[Message] = []
+        self._pending: deque[Message] = deque()
         self._stream_id = 0
         self._window = 0
         self._acked = 0
@@ -256,31 +257,38 @@ class RtmpClient:
 
     def play(self, read_timeout: float) -> None:
         """Connect and start playing; raises when the stream cannot be played."""
-        self._open()
-        self._command(self._stream_id, "play", 0, None, self.url.stream, -1000.0)
-        self._user_control(_SET_BUFFER_LENGTH, struct.pack(">II", self._stream_id, _BUFFER_MS))
-        while True:
-            message = self._next()
-            if message.type_id in (AUDIO, VIDEO):
-                self._pending.insert(0, message)  # media before the status: keep it
-                break
-            if self._status(message) == "NetStream.Play.Start":
-                break
+        with self._opening("play"):
+            self._open()
+            self._command(self._stream_id, "play", 0, None, self.url.stream, -1000.0)
+            self._user_control(
+                _SET_BUFFER_LENGTH, struct.pack(">II", self._stream_id, _BUFFER_MS)
+            )
+            while True:
+                message = self._next()
+                if message.type_id in (AUDIO, VIDEO):
+                    self._pending.appendleft(message)  # media before the status: keep it
+                    break
+                if self._status(message) == "NetStream.Play.Start":
+                    break
         assert self._sock is not None
         self._sock.settimeout(read_timeout)
 
     def publish(self) -> None:
         """Connect and start publishing (live); raises when the server refuses."""
-        self._open()
-        self._command(self._stream_id, "publish", 0, None, self.url.stream, "live")
-        while self._status(self._next()) != "NetStream.Publish.Start":
-            pass
+        with self._opening("publish"):
+            self._open()
+            self._command(self._stream_id, "publish", 0, None, self.url.stream, "live")
+            while self._status(self._next()) != "NetStream.Publish.Start":
+                pass
 
     def send(self, type_id: int, timestamp: int, payload: bytes) -> None:
         """Send one audio, video or data message of the published stream."""
         csid = _MEDIA_CSID[type_id]
         message = Message(type_id, self._stream_id, timestamp, payload)
         self._sendall(self._writer.chunks(message, csid))
+
+    def _opening(self, what: str) -> gevent.Timeout:
+        return gevent.Timeout(self._timeout, RtmpError(f"no answer to {what} in time"))
 
     def _open(self) -> None:
         """TCP, handshake, ``connect`` and ``createStream`` (§7.2.1.1, §7.2.1.3)."""
@@ -307,8 +315,6 @@ class RtmpClient:
         A publisher calls it too, to answer pings and see the server's
         status: it then returns nothing until the session ends.
         """
-        if self._pending:
-            return self._pending.pop(0)
         while True:
             message = self._next()
             if message.type_id in (AUDIO, VIDEO, DATA_AMF0):
@@ -341,8 +347,8 @@ class RtmpClient:
                 if not data:
                     raise RtmpError("connection closed by the server")
                 self._received(len(data))
-                self._pending = self._reader.feed(data)
-            message = self._pending.pop(0)
+                self._pending.extend(self._reader.feed(data))
+            message = self._pending.popleft()
             if not self._control(message):
                 return message
 

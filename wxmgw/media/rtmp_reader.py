@@ -104,15 +104,14 @@ class RtmpReader(RtmpEndpoint):
             try:
                 self._session()
                 error: BaseException = EOFError("end of stream")
-            except (OSError, RtmpError, ParseError, gevent.Timeout) as e:
+            except (OSError, RtmpError, ParseError) as e:
                 error = e  # whatever ends a session, it is retried
             gevent.sleep(self._failed(error))
 
     def _session(self) -> None:
         client = RtmpClient(self.url, self._open_timeout)
         try:
-            with gevent.Timeout(self._open_timeout, RtmpError("no answer to play in time")):
-                client.play(self._read_timeout)
+            client.play(self._read_timeout)
             self._connected()
             self._backoff.reset()
             self._event("connected")

@@ -36,8 +36,7 @@ from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, to_avcc
 #: An audio timestamp further than this (ms) from the sample counter is a gap.
 _AUDIO_RESYNC_MS: Final = 200
 #: What ends a publication (it is retried).
-_SESSION_ERRORS: Final = (OSError, RtmpError, ParseError, MediaError, av.error.FFmpegError,
-                          gevent.Timeout)
+_SESSION_ERRORS: Final = (OSError, RtmpError, ParseError, MediaError, av.error.FFmpegError)
 #: onMetaData codec ids (FLV spec E.4.2.1, E.4.3.1).
 _AUDIO_METADATA: Final[dict[str, float | bool]] = {
     "audiocodecid": 10.0,  # AAC
@@ -238,8 +237,7 @@ class RtmpWriter(RtmpEndpoint):
             return None
         client = RtmpClient(self.url, self._timeout)
         try:
-            with gevent.Timeout(self._timeout, RtmpError("no answer to publish in time")):
-                client.publish()
+            client.publish()
             encoder = AudioEncoder("AAC") if self.audio else None
             self._publication = _Publication(client, encoder, video, base_ms, self.stats)
         except BaseException:
