@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     cpu_seconds,
     fmt,
     kill_all,
+    legs_latency,
     pct_ms,
     push_probe_calls,
     rss,
@@ -113,13 +114,8 @@ def measure(procs: list[psutil.Process], seconds: float,
 
 def added_latency(gw: GatewayProcess, kind: str) -> str:
     """``p50/p99`` ms of the legs' added latency for ``kind`` (see the module docstring)."""
-    windows = [leg["stats"]["addedLatencyMs"][kind] for leg in gw.state()["legs"]
-               if leg["kind"] == "rtmp2rtp"]
-    windows = [w for w in windows if w]
-    if not windows:
-        return "-"
-    p50s = sorted(w[0] for w in windows)
-    return f"{p50s[len(p50s) // 2]:.1f}/{max(w[1] for w in windows):.1f}"
+    return legs_latency(leg["stats"]["addedLatencyMs"][kind] for leg in gw.state()["legs"]
+                        if leg["kind"] == "rtmp2rtp")
 
 
 def gateway_run(gw: GatewayProcess, live: NginxRtmp, url: str, legs: int,

@@ -30,8 +30,12 @@ through. *Video latency* is the frame's arrival at the player minus the time
 the sender sent the frame's last packet, so it includes, beyond the
 gateway's (or ffmpeg's) own delay, the nginx relay, two loopback TCP hops
 and this script's thread scheduling (switch interval set to 1 ms): an upper
-bound of the added latency. Audio latency is not measured (AAC re-encoding
-leaves no marker to match). *Video continuity* is the share of the frames
+bound of the added latency. Audio latency is not measured from the player
+(AAC re-encoding leaves no marker to match). The gateway's own measure is
+read from ``/monitor/state`` at the end (``in video``/``in audio``): a video
+frame from its last RTP packet out of the jitter buffer to its FLV tag sent,
+an audio frame from its arrival to the AAC tags it completes sent; p50 is
+the median of the legs' p50s, p99 the worst leg's p99. *Video continuity* is the share of the frames
 sent during the window whose SEI number reached the player; *audio* is the
 AAC duration received over the window's duration.
 
@@ -72,6 +76,7 @@ from common import (  # noqa: E402
     cpu_seconds,
     fmt,
     kill_all,
+    legs_latency,
     pct_ms,
     rss,
     rtp2rtmp_cmd,
@@ -266,6 +271,7 @@ class Result:
     audio_continuity: float | None
     per_leg: list[dict[str, float]]
     sender_cpu_per_minute: float
+    added_ms: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -347,6 +353,10 @@ def run_wxmgw(tmp: Path, live: NginxRtmp, clip: Clip, n: int,
             side.ports.append((r.port.audio, r.port.video))
             side.urls.append(url)
         result = measure(side, "wxmgw", clip, live, args)
+        pushes = [leg["stats"]["push"]["added_latency_ms"] for leg in gw.state()["legs"]
+                  if leg["kind"] == "rtp2rtmp"]
+        result.added_ms = {kind: legs_latency(p[kind] for p in pushes)
+                           for kind in ("video", "audio")}
         result.notes.append(f"idle RSS {side.base_rss / 2**20:.0f} MB")
         return result
     finally:
@@ -382,7 +392,8 @@ def print_row(r: Result) -> None:
     print(f"{r.n:>4} {r.who:>7} {r.cpu_per_leg_minute:>9.2f} {r.rss_mb_per_leg:>8.1f} "
           f"{fmt(r.latency_ms_p50, '.0f'):>7} {fmt(r.latency_ms_p99, '.0f'):>7} "
           f"{fmt(r.video_continuity, '.3f'):>7} {fmt(r.audio_continuity, '.3f'):>7} "
-          f"{r.sender_cpu_per_minute:>7.2f}  {'; '.join(r.notes)}", flush=True)
+          f"{r.sender_cpu_per_minute:>7.2f} {r.added_ms.get('video', '-'):>9} "
+          f"{r.added_ms.get('audio', '-'):>9}  {'; '.join(r.notes)}", flush=True)
 
 
 def main() -> None:
@@ -396,9 +407,10 @@ def main() -> None:
     clip = make_clip()
     results: list[Result] = []
     print(f"{args.seconds:.0f} s per run after {args.warmup:.0f} s warm-up; latency: video, "
-          "sender's last packet of a frame -> player (through nginx)")
+          "sender's last packet of a frame -> player (through nginx); in video/audio: "
+          "wxmgw's own p50/p99, packet in -> tag sent")
     print(f"{'N':>4} {'who':>7} {'CPU s/lm':>9} {'RSS MB':>8} {'lat p50':>7} {'lat p99':>7} "
-          f"{'video':>7} {'audio':>7} {'sender':>7}")
+          f"{'video':>7} {'audio':>7} {'sender':>7} {'in video':>9} {'in audio':>9}")
     with tempfile.TemporaryDirectory() as tmp, NginxRtmp(Path(tmp) / "nginx") as live:
         for n in (int(x) for x in args.n.split(",")):
             for run in (run_wxmgw, run_ffmpeg):
@@ -414,6 +426,9 @@ def main() -> None:
             "video_continuity": "frames sent in the window that reached the player (worst leg)",
             "audio_continuity": "AAC seconds received / window seconds (worst leg)",
             "sender_cpu_per_minute": "this script (sender + players), CPU s per minute",
+            "added_ms": "wxmgw's own measure, p50/p99 ms (median leg's p50, worst leg's p99):"
+                        " video, a frame's last RTP packet out of the jitter buffer -> its FLV"
+                        " tag sent; audio, a 20 ms frame -> the AAC tags it completes sent",
         },
         "results": [asdict(r) for r in results],
         "machine": {"cpus": psutil.cpu_count(), "load": list(psutil.getloadavg())},

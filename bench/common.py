@@ -61,6 +61,15 @@ def pct_ms(seconds: list[float], q: float) -> float | None:
     return 1000 * ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def legs_latency(windows: Iterable[list[float] | None]) -> str:
+    """``p50/p99`` ms over legs' ``[p50, p99]`` windows: the median p50, the worst p99."""
+    measured = [w for w in windows if w]
+    if not measured:
+        return "-"
+    p50s = sorted(w[0] for w in measured)
+    return f"{p50s[len(p50s) // 2]:.1f}/{max(w[1] for w in measured):.1f}"
+
+
 def fmt(value: float | None, spec: str) -> str:
     """A table cell: ``-`` for what was not measured."""
     return "-" if value is None else format(value, spec)

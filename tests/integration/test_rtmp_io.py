@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -204,15 +205,19 @@ def playing(nginx: NginxRtmp, stream: str) -> bool:
 
 def push(writer: RtmpWriter, clip: Sequence[VideoFrame | None], start_ms: int, hz: float
          ) -> None:
-    """Write ``clip`` at 25 fps (``None``: audio only) and the tone alongside, in real time."""
+    """Write ``clip`` at 25 fps (``None``: audio only) and the tone alongside, in real time.
+
+    Frames are stamped as arriving when written, as a leg's receivers do.
+    """
     t0 = time.monotonic()
     sample = start_ms * AUDIO_RATE // 1000
     for i, frame in enumerate(clip):
         ms = start_ms + i * 40
         if frame is not None:
-            writer.write_video(frame, ms)
+            writer.write_video(replace(frame, arrived=time.perf_counter()), ms)
         while sample * 1000 // AUDIO_RATE < ms + 40:
-            writer.write_audio(AudioFrame(tone(hz, sample, AUDIO_FRAME_SAMPLES), 0.0),
+            pcm = tone(hz, sample, AUDIO_FRAME_SAMPLES)
+            writer.write_audio(AudioFrame(pcm, 0.0, time.perf_counter()),
                                sample * 1000 // AUDIO_RATE)
             sample += AUDIO_FRAME_SAMPLES
         gevent.sleep(max(0.0, t0 + (i + 1) * 0.04 - time.monotonic()))
@@ -242,6 +247,10 @@ def test_writer_publishes_what_ffmpeg_decodes(nginx: NginxRtmp, tmp_path: Path,
     assert len(pcm) >= 2 * AUDIO_RATE
     assert abs(dominant_hz(pcm[AUDIO_RATE // 2:]) - 440) < 5
     assert collector.count("connected") == 1 and writer.stats.dropped == 0
+    latency = writer.latency_ms()  # arrival -> tag sent, measured for both streams
+    for kind in ("video", "audio"):
+        p50, p99 = latency[kind] or (-1.0, -1.0)
+        assert 0 <= p50 <= p99, (kind, latency)
 
 
 def test_audio_only_writer(nginx: NginxRtmp, tmp_path: Path) -> None:

@@ -132,6 +132,8 @@ def test_member_media_plays_from_push_url(codec, live, gateway, mcs, procs, tmp_
     assert abs(dominant_hz(pcm[len(pcm) // 4:]) - tone) < 5, stats
     assert stats["audio"]["frames"] > 0 and stats["video"]["frames"] > 0
     assert stats["video"]["pli_sent"] >= 1
+    latency = stats["push"]["added_latency_ms"]  # last RTP packet -> FLV tag sent
+    assert latency["video"] and latency["audio"], latency
 
 
 class LossyPeer:

@@ -124,7 +124,7 @@ class AvInterleaver:
             return self._release(now, out)
         while frame.ts - self._slot > _HALF_FRAME:
             self._silence(out)
-        pts = self._write_audio(frame.pcm, out)
+        pts = self._write_audio(frame.pcm, out, frame.arrived)
         self.stats.audio_frames += 1
         self._audio_skew = pts - self._ms(frame.ts)
         return self._release(now, out)
@@ -168,12 +168,12 @@ class AvInterleaver:
         self._write_audio(_SILENCE, out)
         self.stats.silence_frames += 1
 
-    def _write_audio(self, pcm: Pcm, out: Output) -> int:
+    def _write_audio(self, pcm: Pcm, out: Output, arrived: float = 0.0) -> int:
         assert self._slot is not None
         pts = self._ms(self._slot)
         if self._audio_pts is not None:
             pts = max(pts, self._audio_pts + 1)
-        out.append((AudioFrame(pcm, self._slot), pts))
+        out.append((AudioFrame(pcm, self._slot, arrived), pts))
         self._audio_pts = pts
         self._slot += AUDIO_FRAME_SECONDS
         return pts
@@ -264,6 +264,7 @@ class FlvPublisher:
             "reconnects": w.reconnects,
             "rtmp_errors": w.errors,
             "rtmp_dropped": w.dropped,
+            "added_latency_ms": self._writer.latency_ms(),
         }
 
     def _follow(self, kind: str, channel: Channel[Any]) -> None:

@@ -22,6 +22,7 @@ from its FLV timeline; the publisher stamps each frame from that time.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -174,8 +175,9 @@ class MixReceiver:
                 continue
             start = self.session.capture_time(item.timestamp) - self._held / AUDIO_RATE
             self._held = (self._held + len(pcm)) % AUDIO_FRAME_SAMPLES
+            arrived = time.perf_counter()
             for i, chunk in enumerate(self._framer.push(pcm)):
-                self.out.publish(AudioFrame(chunk, start + i * AUDIO_FRAME_SECONDS))
+                self.out.publish(AudioFrame(chunk, start + i * AUDIO_FRAME_SECONDS, arrived))
 
     @property
     def sr_mapped(self) -> bool:
@@ -370,9 +372,7 @@ class Rtmp2rtp(Leg):
         if self._reader is not None:
             r = self._reader.stats
             out.update(reconnects=r.reconnects, readErrors=r.errors)
-            out["addedLatencyMs"] = {
-                kind: window.percentiles_ms() for kind, window in self._reader.latency.items()
-            }
+            out["addedLatencyMs"] = self._reader.latency_ms()
         mix_out = self._mix_out.stats() if self._mix_out is not None else None
         offset = None
         if mix_out is not None and self.sync_uuid and mix_out["video_frames"]:

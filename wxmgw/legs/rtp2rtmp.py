@@ -21,6 +21,7 @@ in the conference mix already, and would hear it twice otherwise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -198,7 +199,7 @@ class VideoReceiver(_Receiver):
             au = depacketizer.push(item.payload, item.timestamp, item.marker)
             if au is not None:
                 ts = self.session.capture_time(au.timestamp)
-                self.channel.publish(VideoFrame(au.nalus, ts, au.keyframe))
+                self.channel.publish(VideoFrame(au.nalus, ts, au.keyframe, time.perf_counter()))
         if depacketizer.needs_keyframe:
             self.session.request_keyframe()
 
@@ -259,7 +260,7 @@ class AudioReceiver(_Receiver):
                 self._next_ts = start - self._pending / AUDIO_RATE
             self._pending += len(pcm)
             for chunk in self.framer.push(pcm):
-                self.channel.publish(AudioFrame(chunk, self._next_ts))
+                self.channel.publish(AudioFrame(chunk, self._next_ts, time.perf_counter()))
                 self._next_ts += len(chunk) / AUDIO_RATE
                 self._pending -= len(chunk)
                 self.frames += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,9 +60,10 @@ class RtmpStats:
 
 
 class RtmpEndpoint:
-    """What RTMP readers and writers share: counters, reconnect backoff, events.
+    """What RTMP readers and writers share: counters, reconnect backoff, events, latency.
 
-    Events reach ``on_event`` logged first.
+    Events reach ``on_event`` logged first. :attr:`latency` keeps, per stream,
+    how long each frame spent in the gateway; each side says from where to where.
     """
 
     def __init__(self, url: str, name: str, on_event: EventCallback) -> None:
@@ -72,6 +74,15 @@ class RtmpEndpoint:
         self._closing = False
         self._backoff = Backoff()
         self._sessions = 0
+        self.latency = {"video": LatencyWindow(), "audio": LatencyWindow()}
+
+    def latency_ms(self) -> dict[str, list[float] | None]:
+        """``[p50, p99]`` of :attr:`latency` per stream, in milliseconds (None before any)."""
+        return {kind: window.percentiles_ms() for kind, window in self.latency.items()}
+
+    def _took(self, kind: str, since: float) -> None:
+        """One ``kind`` frame's latency: from ``since`` (``time.perf_counter()``) to now."""
+        self.latency[kind].add(time.perf_counter() - since)
 
     def _event(self, kind: str, /, **info: Any) -> None:
         """Log ``kind`` and report it to ``on_event``."""

@@ -6,6 +6,10 @@ can estimate it: from RTCP sender reports for RTP sources, from the FLV
 timeline anchored at the first packet's arrival for RTMP sources, from
 arrival time otherwise. Frames of one source that were simultaneous at the
 source carry the same ``ts``; that is what the FLV muxer and the mixer sync on.
+
+``arrived`` is when the frame's last packet reached the gateway
+(``time.perf_counter()``), 0 for frames made here (silence, a mix): what the
+latency a leg adds is measured from.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class VideoFrame:
     nalus: list[bytes]
     ts: float
     keyframe: bool
+    arrived: float = 0.0
 
     @property
     def size(self) -> int:
@@ -42,3 +47,4 @@ class AudioFrame:
 
     pcm: Pcm
     ts: float
+    arrived: float = 0.0

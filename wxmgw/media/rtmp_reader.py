@@ -20,7 +20,7 @@ from typing import Final
 import gevent
 
 from wxmgw.errors import MediaError, ParseError
-from wxmgw.media.endpoint import EventCallback, LatencyWindow, RtmpEndpoint
+from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
 from wxmgw.media.rtmp import AUDIO, VIDEO, RtmpClient, RtmpError
 from wxmgw.media.transcode import AudioDecoder, PcmFramer
@@ -80,7 +80,6 @@ class RtmpReader(RtmpEndpoint):
         self._read_timeout = read_timeout
         self._reported: set[tuple[str, str]] = set()
         self._greenlet: gevent.Greenlet | None = None
-        self.latency = {"video": LatencyWindow(), "audio": LatencyWindow()}
 
     def start(self) -> None:
         if self._greenlet is None:
@@ -124,8 +123,7 @@ class RtmpReader(RtmpEndpoint):
                 self.stats.bytes += len(message.payload)
                 read = time.perf_counter()
                 self._convert(flv, message.type_id, message.timestamp, message.payload)
-                kind = "video" if message.type_id == VIDEO else "audio"
-                self.latency[kind].add(time.perf_counter() - read)
+                self._took("video" if message.type_id == VIDEO else "audio", read)
         finally:
             client.close()
 

@@ -55,7 +55,7 @@ class _Video:
 
 @dataclass(slots=True)
 class _Audio:
-    pcm: Pcm
+    frame: AudioFrame
     pts_ms: int
 
 
@@ -92,6 +92,11 @@ class RtmpWriter(RtmpEndpoint):
 
     Events: ``connected`` (``video``, ``audio``), ``disconnected`` (``error``, ``retry_in``).
     Opening a publication and each send are bounded by ``timeout``.
+
+    :attr:`latency` times frames that came from the network (``arrived``)
+    from their arrival to their tag sent: a video frame's own tag; for audio,
+    the AAC tags a 20 ms frame completes (the up to one AAC frame of samples
+    the encoder waits for before that is not in it).
     """
 
     def __init__(
@@ -147,7 +152,7 @@ class RtmpWriter(RtmpEndpoint):
     def write_audio(self, frame: AudioFrame, pts_ms: int) -> None:
         """Queue 48 kHz mono PCM for the AAC tags."""
         if self.audio:
-            self._put(_Audio(frame.pcm, pts_ms))
+            self._put(_Audio(frame, pts_ms))
 
     def set_video(self, video: bool) -> None:
         """Video from a new source from here on (``True``), or none (``False``).
@@ -211,18 +216,22 @@ class RtmpWriter(RtmpEndpoint):
             if publication is not None and publication.write_video(
                 item.frame, item.pts_ms, self._sps, self._pps
             ):
-                self._written()
+                self._written("video", item.frame.arrived)
         elif isinstance(item, _Audio):
             if publication is None and not video:
                 publication = self._open(video, item.pts_ms)
-            if publication is not None and publication.write_audio(item.pcm, item.pts_ms):
-                self._written()
+            if publication is not None:
+                tags = publication.write_audio(item.frame.pcm, item.pts_ms)
+                self._written("audio", item.frame.arrived if tags else 0.0)
         elif isinstance(item, _Source) and publication is not None:
             publication.set_video(item.video)
 
-    def _written(self) -> None:
+    def _written(self, kind: str, arrived: float) -> None:
+        """A frame is out: count it, and time it when it came from the network."""
         self.stats.frames += 1
         self._backoff.reset()
+        if arrived:
+            self._took(kind, arrived)
 
     def _remember_parameter_sets(self, frame: VideoFrame) -> None:
         for nalu in frame.nalus:
@@ -314,20 +323,23 @@ class _Publication:
         self._tag(VIDEO, ms, flv.avc_frame(to_avcc(frame.nalus), frame.keyframe))
         return True
 
-    def write_audio(self, pcm: Pcm, pts_ms: int) -> bool:
-        """Encode to AAC; packet n carries the samples from n-1 on (the encoder's delay)."""
-        if self._encoder is None:
-            return False
+    def write_audio(self, pcm: Pcm, pts_ms: int) -> int:
+        """Encode to AAC and write the AAC frames completed; how many.
+
+        AAC packet n carries the samples from packet n-1 on (the encoder's delay).
+        """
+        assert self._encoder is not None, "audio written to a video-only publication"
         counted = (self._audio_anchor or 0) + self._audio_in * 1000 // AUDIO_RATE
         if self._audio_anchor is None or abs(pts_ms - counted) > _AUDIO_RESYNC_MS:
             self._audio_anchor = pts_ms - self._audio_in * 1000 // AUDIO_RATE
         self._audio_in += len(pcm)
-        for data in self._encoder.encode(pcm):
+        frames = self._encoder.encode(pcm)
+        for data in frames:
             start = (self._audio_out - 1) * self._encoder.frame_samples * 1000 // AUDIO_RATE
             ms = self._last_audio = max(self._audio_anchor + start - self._base, self._last_audio)
             self._audio_out += 1
             self._tag(AUDIO, ms, flv.aac_frame(data))
-        return True
+        return len(frames)
 
     def close(self) -> None:
         self._listener.kill(block=False)
