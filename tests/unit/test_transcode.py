@@ -21,11 +21,13 @@ import pytest
 from wxmgw.errors import InvalidArgument, MediaError
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, Pcm
 from wxmgw.media.transcode import (
+    AAC_NARROW_RATE,
     AUDIO_CODECS,
     AudioDecoder,
     AudioEncoder,
     CodecInfo,
     PcmFramer,
+    aac_rate,
     audio_codec,
 )
 
@@ -69,8 +71,8 @@ def ffmpeg_to_pcm(*input_args: str, stdin: bytes = b"") -> Pcm:
     return np.frombuffer(raw, np.int16)
 
 
-def encode_all(codec: str, pcm: Pcm) -> tuple[AudioEncoder, list[bytes]]:
-    encoder = AudioEncoder(codec)
+def encode_all(codec: str, pcm: Pcm, aac: int = AUDIO_RATE) -> tuple[AudioEncoder, list[bytes]]:
+    encoder = AudioEncoder(codec, aac)
     payloads: list[bytes] = []
     for i in range(0, len(pcm), AUDIO_FRAME_SAMPLES):
         payloads += encoder.encode(pcm[i : i + AUDIO_FRAME_SAMPLES])
@@ -179,6 +181,28 @@ def test_encoder_buffers_odd_lengths() -> None:
     assert encoder.encode(pcm[:0]) == []
     assert len(payloads) == len(pcm) // 960
     assert all(len(p) == 160 for p in payloads)
+
+
+@pytest.mark.parametrize("hz", [1000, 440])
+def test_narrow_aac_carries_the_tone(hz: int) -> None:
+    """AAC at 16 kHz for G.711/G.722 sources: a third of the frames, the same tone."""
+    encoder, payloads = encode_all("AAC", sine(hz), aac=AAC_NARROW_RATE)
+    assert (encoder.rate, encoder.frame_samples) == (16000, 3 * 1024)
+    assert encoder.extradata[:2] == b"\x14\x08"  # AAC-LC, 16 kHz, mono
+    assert AUDIO_RATE // 3072 - 2 <= len(payloads) <= AUDIO_RATE // 3072  # less the priming
+    stream = b"".join(adts(p, encoder.extradata) for p in payloads)
+    pcm = ffmpeg_to_pcm("-f", "aac", "-i", "-", stdin=stream)
+    assert len(pcm) == len(payloads) * 3072  # 1024 samples at 16 kHz each
+    assert dominant_hz(pcm) == pytest.approx(hz, rel=0.02)
+
+
+def test_aac_rate_keeps_the_source_band() -> None:
+    assert [aac_rate(audio_codec(c).sample_rate) for c in RTP_CODECS] == [
+        AAC_NARROW_RATE if c != "OPUS" else AUDIO_RATE for c in RTP_CODECS
+    ]
+    assert aac_rate(44100) == AUDIO_RATE
+    with pytest.raises(ValueError, match="22050"):
+        AudioEncoder("AAC", 22050)
 
 
 RAW_INPUT = {

@@ -39,6 +39,7 @@ import numpy as np
 from wxmgw.media.frames import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_FRAME_SECONDS,
+    AUDIO_RATE,
     AudioFrame,
     Pcm,
     VideoFrame,
@@ -210,6 +211,7 @@ class FlvPublisher:
         video: Channel[VideoFrame] | None,
         log: Callable[..., None],
         name: str,
+        aac_rate: int = AUDIO_RATE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
@@ -219,7 +221,8 @@ class FlvPublisher:
         self._audio = audio
         self._video = video
         self._writer = RtmpWriter(
-            url, name=name, on_event=self._on_event, video=video is not None, audio=True
+            url, name=name, on_event=self._on_event, video=video is not None, audio=True,
+            aac_rate=aac_rate,
         )
         self._av = AvInterleaver(clock())
         self._greenlets: dict[str, gevent.Greenlet] = {}

@@ -40,7 +40,14 @@ from wxmgw.media.frames import (
     VideoFrame,
 )
 from wxmgw.media.rtmp_reader import RtmpReader
-from wxmgw.media.transcode import AudioDecoder, AudioEncoder, CodecInfo, PcmFramer, audio_codec
+from wxmgw.media.transcode import (
+    AudioDecoder,
+    AudioEncoder,
+    CodecInfo,
+    PcmFramer,
+    aac_rate,
+    audio_codec,
+)
 from wxmgw.ports import PortPair
 from wxmgw.pubsub import Channel, MediaChannels
 from wxmgw.requests import StartPull
@@ -226,8 +233,11 @@ class Rtmp2rtp(Leg):
             self.video_pair = self.allocate_pair()
             self._start_senders(self.channels, self.audio_pair, self.video_pair)
         if p.push_audio_url:
+            # The room's mix is wideband; the MAS's is as wide as its codec.
+            aac = AUDIO_RATE if p.mas_less else aac_rate(audio_codec(p.audio.codec).sample_rate)
             self._mix_out = FlvPublisher(
-                p.push_audio_url, audio=self.mix, video=None, log=self.log, name=f"mix {p.uuid}"
+                p.push_audio_url, audio=self.mix, video=None, log=self.log,
+                name=f"mix {p.uuid}", aac_rate=aac,
             )
             self._mix_out.start()
         self._reader = RtmpReader(

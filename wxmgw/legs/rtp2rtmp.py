@@ -29,7 +29,13 @@ from wxmgw.errors import MediaError, NoLocalSource
 from wxmgw.legs.base import Leg, LegContext
 from wxmgw.legs.flvpush import FlvPublisher
 from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AUDIO_RATE, AudioFrame, VideoFrame
-from wxmgw.media.transcode import AudioDecoder, PcmFramer, audio_codec
+from wxmgw.media.transcode import (
+    AAC_NARROW_RATE,
+    AudioDecoder,
+    PcmFramer,
+    aac_rate,
+    audio_codec,
+)
 from wxmgw.ports import PortPair
 from wxmgw.pubsub import Channel, MediaChannels
 from wxmgw.requests import RtpTarget, StartPush
@@ -61,7 +67,7 @@ class Rtp2rtmp(Leg):
             if source is None:
                 raise NoLocalSource(f"mini-program {p.uuid} publishes no channels here")
             self._silence = Channel(f"{p.uuid}/silence")
-            self.publisher = self._publisher(self._silence, source.video)
+            self.publisher = self._publisher(self._silence, source.video, AAC_NARROW_RATE)
         else:
             self.audio_pair = self.allocate_pair()
             self.video_pair = self.allocate_pair()
@@ -69,16 +75,20 @@ class Rtp2rtmp(Leg):
             offset = ClockOffset()
             self.video = VideoReceiver(self.video_pair, channels, offset, p.video, self.log)
             self.audio = AudioReceiver(self.audio_pair, channels, offset, p.audio, self.log)
-            self.publisher = self._publisher(channels.audio, channels.video)
+            aac = aac_rate(self.audio.codec.sample_rate)
+            self.publisher = self._publisher(channels.audio, channels.video, aac)
             self.video.start()
             self.audio.start()
         self.publisher.start()
         super().start()
 
-    def _publisher(self, audio: Channel[AudioFrame], video: Channel[VideoFrame]) -> FlvPublisher:
+    def _publisher(
+        self, audio: Channel[AudioFrame], video: Channel[VideoFrame], aac: int
+    ) -> FlvPublisher:
+        """The push, with AAC at ``aac`` Hz: as wide as the member's audio (silence: narrow)."""
         return FlvPublisher(
             self.params.push_url, audio=audio, video=video, log=self.log,
-            name=f"rtp2rtmp/{self.uuid}",
+            name=f"rtp2rtmp/{self.uuid}", aac_rate=aac,
         )
 
     def close_media(self) -> None:

@@ -40,7 +40,6 @@ _SESSION_ERRORS: Final = (OSError, RtmpError, ParseError, MediaError, av.error.F
 #: onMetaData codec ids (FLV spec E.4.2.1, E.4.3.1).
 _AUDIO_METADATA: Final[dict[str, float | bool]] = {
     "audiocodecid": 10.0,  # AAC
-    "audiosamplerate": float(AUDIO_RATE),
     "audiosamplesize": 16.0,
     "stereo": False,
 }
@@ -109,12 +108,14 @@ class RtmpWriter(RtmpEndpoint):
         audio: bool = True,
         queue_size: int = 256,
         timeout: float = 10.0,
+        aac_rate: int = AUDIO_RATE,
     ) -> None:
         if not (video or audio):
             raise ValueError("a writer needs at least one stream")
         super().__init__(url, name, on_event)
         self.audio = audio
         self.video = video
+        self.aac_rate = aac_rate
         self._queue: deque[object] = deque()
         self._queue_size = queue_size
         self._video_gap = False
@@ -247,7 +248,7 @@ class RtmpWriter(RtmpEndpoint):
         client = RtmpClient(self.url, self._timeout)
         try:
             client.publish()
-            encoder = AudioEncoder("AAC") if self.audio else None
+            encoder = AudioEncoder("AAC", self.aac_rate) if self.audio else None
             self._publication = _Publication(client, encoder, video, base_ms, self.stats)
         except BaseException:
             client.close()
@@ -357,7 +358,9 @@ class _Publication:
                 return
 
     def _metadata(self, ms: int) -> None:
-        fields = {**(_AUDIO_METADATA if self._encoder else {})}
+        fields: dict[str, float | bool] = {}
+        if self._encoder is not None:
+            fields.update(_AUDIO_METADATA, audiosamplerate=float(self._encoder.rate))
         if self._video:
             fields.update(_VIDEO_METADATA)
         # As FFmpeg publishes it: the server keeps it for players that join later.
