@@ -67,16 +67,17 @@ def test_pli_puts_sps_and_pps_in_front_of_the_next_picture_once():
     assert sender.keyframe_requests == 2
 
 
-def pcm_frames(count):
-    t = np.arange(count * AUDIO_FRAME_SAMPLES) / 48000
+def pcm_frames(count, rate=48000):
+    size = rate // 50
+    t = np.arange(count * size) / rate
     pcm = (8000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
-    return pcm.reshape(count, AUDIO_FRAME_SAMPLES)
+    return pcm.reshape(count, size)
 
 
 def test_audio_timestamps_count_samples_and_follow_a_gap():
     session = FakeSession()
     sender = AudioSender(session, audio_codec("PCMA"))
-    frames = pcm_frames(6)
+    frames = pcm_frames(6, 8000)  # the codec's rate, as the leg's reader decodes to
     # Arrival jitter does not move the timestamps; a 1 s hole in the source does.
     for i, pcm in enumerate(frames[:3]):
         sender.send(AudioFrame(pcm, 5.0 + i * 0.02 + (0.005 if i == 1 else 0)))

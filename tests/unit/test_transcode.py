@@ -264,15 +264,33 @@ def test_we_decode_ffmpeg_opus(channels: int, tmp_path: Path) -> None:
     assert dominant_hz(pcm) == pytest.approx(700, rel=0.02)
 
 
+@pytest.mark.parametrize("out_rate", [AUDIO_RATE, 16000, 8000])
 @pytest.mark.parametrize(("rate", "channels"), [(44100, 2), (48000, 1)])
-def test_we_decode_ffmpeg_flv_aac(rate: int, channels: int, tmp_path: Path) -> None:
-    """What a mini-program's live-pusher sends: AAC-LC 44.1 or 48 kHz, mono or stereo."""
+def test_we_decode_ffmpeg_flv_aac(rate: int, channels: int, out_rate: int,
+                                  tmp_path: Path) -> None:
+    """What a mini-program's live-pusher sends: AAC-LC 44.1 or 48 kHz, mono or stereo.
+
+    Decoded to 48 kHz for channels, or straight to an RTP codec's rate.
+    """
     path = tmp_path / "tone.flv"
     ffmpeg(*sine_input(700, rate), "-ac", str(channels), "-c:a", "aac", str(path))
     extradata, payloads = demux(path)
-    pcm = decode_all(AudioDecoder("AAC", extradata=extradata), payloads)
-    assert len(pcm) == pytest.approx(AUDIO_RATE, rel=0.05)
-    assert dominant_hz(pcm) == pytest.approx(700, rel=0.02)
+    pcm = decode_all(AudioDecoder("AAC", extradata=extradata, out_rate=out_rate), payloads)
+    assert len(pcm) == pytest.approx(out_rate, rel=0.05)
+    assert dominant_hz(pcm, out_rate) == pytest.approx(700, rel=0.02)
+
+
+@pytest.mark.parametrize("codec", ["PCMA", "G722"])
+def test_encoder_takes_its_codec_rate(codec: str) -> None:
+    """A 20 ms frame at the codec's own rate makes one packet: no resampling on the way."""
+    rate = audio_codec(codec).sample_rate
+    encoder = AudioEncoder(codec, source_rate=rate)
+    assert encoder.frame_samples == rate // 50
+    pcm = sine(1000, 0.1)[:: AUDIO_RATE // rate]
+    assert [len(encoder.encode(pcm[i : i + rate // 50])) for i in range(0, len(pcm), rate // 50)
+            ] == [1] * 5
+    with pytest.raises(ValueError, match="not a multiple"):
+        AudioEncoder(codec, source_rate=44100)
 
 
 # --- corrupt input ------------------------------------------------------------

@@ -32,6 +32,7 @@ import gevent
 from wxmgw.errors import WxmgwError
 from wxmgw.legs.base import Leg, LegContext
 from wxmgw.legs.flvpush import FlvPublisher
+from wxmgw.media.dsp import Interpolator
 from wxmgw.media.frames import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_FRAME_SECONDS,
@@ -112,7 +113,7 @@ class VideoSender:
 
 
 class AudioSender:
-    """20 ms PCM frames to RTP on the MAS audio port, encoded to the MAS codec.
+    """20 ms PCM frames at the MAS codec's own rate to RTP on the MAS audio port, encoded.
 
     Timestamps count samples (RFC 3550 §5.1: the sampling instant), one
     packet's worth (``frame_samples_at_clock``) at a time, not arrival times.
@@ -125,7 +126,7 @@ class AudioSender:
     def __init__(self, session: RtpSession, codec: CodecInfo) -> None:
         self.session = session
         self.frames = 0
-        self._encoder = AudioEncoder(codec.name)
+        self._encoder = AudioEncoder(codec.name, source_rate=codec.sample_rate)
         self._step = codec.frame_samples_at_clock
         self._start: float | None = None
         self._packets = 0
@@ -202,6 +203,11 @@ class Rtmp2rtp(Leg):
     stream (:meth:`av_sync`). :attr:`mix` is the audio pushed to
     ``pushAudioUrl``: the MAS's mix decoded, or what a room mixer publishes
     on it.
+
+    Toward a MAS, the pulled AAC is decoded straight to the MAS codec's rate
+    (one libswresample call, no way through 48 kHz); the uuid's audio channel
+    then gets it widened to 48 kHz only while someone subscribes, and it
+    carries the codec's band, as the conference hears it.
     """
 
     kind = "rtmp2rtp"
@@ -219,6 +225,10 @@ class Rtmp2rtp(Leg):
         self.mix_in: MixReceiver | None = None
         self._mix_out: FlvPublisher | None = None
         self._reader: RtmpReader | None = None
+        self._audio_rate = AUDIO_RATE if params.mas_less else audio_codec(
+            params.audio.codec).sample_rate
+        self._widen = Interpolator(AUDIO_RATE // self._audio_rate) if (
+            self._audio_rate != AUDIO_RATE) else None
         self._frames_in = {"video": 0, "audio": 0}
         self._frame_errors = 0
         self.last_error = ""
@@ -234,7 +244,7 @@ class Rtmp2rtp(Leg):
             self._start_senders(self.channels, self.audio_pair, self.video_pair)
         if p.push_audio_url:
             # The room's mix is wideband; the MAS's is as wide as its codec.
-            aac = AUDIO_RATE if p.mas_less else aac_rate(audio_codec(p.audio.codec).sample_rate)
+            aac = aac_rate(self._audio_rate)
             self._mix_out = FlvPublisher(
                 p.push_audio_url, audio=self.mix, video=None, log=self.log,
                 name=f"mix {p.uuid}", aac_rate=aac,
@@ -246,6 +256,7 @@ class Rtmp2rtp(Leg):
             on_audio=self._on_audio,
             on_event=self._on_reader_event,
             name=f"pull {p.uuid}",
+            audio_rate=self._audio_rate,
         )
         self._reader.start()
         super().start()
@@ -322,7 +333,11 @@ class Rtmp2rtp(Leg):
         self._frames_in["audio"] += 1
         if self.audio_out is not None:
             self._send(self.audio_out.send, frame)
-        self.channels.audio.publish(frame)
+        channel = self.channels.audio
+        if self._widen is None:
+            channel.publish(frame)
+        elif channel.subscribers:
+            channel.publish(AudioFrame(self._widen(frame.pcm), frame.ts, frame.arrived))
 
     def _on_reader_event(self, kind: str, info: dict[str, Any]) -> None:
         if kind == "connected":

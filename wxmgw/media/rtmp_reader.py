@@ -21,7 +21,7 @@ import gevent
 
 from wxmgw.errors import MediaError, ParseError
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
-from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
+from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Pcm, VideoFrame
 from wxmgw.media.rtmp import AUDIO, VIDEO, RtmpClient, RtmpError
 from wxmgw.media.transcode import AudioDecoder, PcmFramer
 from wxmgw.rtp.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
@@ -45,6 +45,9 @@ _END_OF_SEQUENCE: Final = 2
 
 class RtmpReader(RtmpEndpoint):
     """Pulls one RTMP stream and hands out H.264 access units and 20 ms PCM frames.
+
+    The PCM is at ``audio_rate``: 48 kHz, as channels carry it, unless the
+    caller only re-encodes it to a narrower codec and asks for that codec's rate.
 
     Video must be H.264 and audio AAC; another codec is reported once as the
     ``unsupported_codec`` event and its messages are skipped. Each keyframe
@@ -72,8 +75,10 @@ class RtmpReader(RtmpEndpoint):
         name: str,
         open_timeout: float = 10.0,
         read_timeout: float = 3.0,
+        audio_rate: int = AUDIO_RATE,
     ) -> None:
         super().__init__(url, name, on_event)
+        self.audio_rate = audio_rate
         self._on_video = on_video
         self._on_audio = on_audio
         self._open_timeout = open_timeout
@@ -114,7 +119,7 @@ class RtmpReader(RtmpEndpoint):
             self._connected()
             self._backoff.reset()
             self._event("connected")
-            flv = _FlvToFrames(time.monotonic())
+            flv = _FlvToFrames(time.monotonic(), self.audio_rate)
             while True:
                 message = client.read()
                 if message.type_id not in (AUDIO, VIDEO) or not message.payload:
@@ -169,12 +174,13 @@ def _video_codec(first: int) -> str | None:
 class _FlvToFrames:
     """One RTMP session's tag bodies to frames: timestamps, avcC, AAC decoding."""
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, audio_rate: int) -> None:
         self._anchor = started
         self._ms0: int | None = None
         self._avc: AvcConfig | None = None
         self._decoder: AudioDecoder | None = None
-        self._framer = PcmFramer()
+        self._rate = audio_rate
+        self._framer = PcmFramer(audio_rate * AUDIO_FRAME_SAMPLES // AUDIO_RATE)
         self._audio_start = 0.0
         self._audio_in = 0
         self._audio_out = 0
@@ -211,21 +217,21 @@ class _FlvToFrames:
         if body[1] == _SEQUENCE_HEADER:
             rate, channels = aac_rate_and_channels(body[2:])
             self._decoder = AudioDecoder(
-                "AAC", sample_rate=rate, channels=channels, extradata=body[2:]
+                "AAC", sample_rate=rate, channels=channels, extradata=body[2:], out_rate=self._rate
             )
             return []
         if self._decoder is None:
             raise ParseError("AAC frame before its AudioSpecificConfig")
         ts = self._ts(ms)
         pcm: Pcm = self._decoder.decode(body[2:])
-        counted = self._audio_start + self._audio_in / AUDIO_RATE
+        counted = self._audio_start + self._audio_in / self._rate
         if self._audio_in == 0 or abs(counted - ts) > _AUDIO_RESYNC:
             # First audio, or a gap or jump in the FLV timeline: follow the timeline.
-            self._audio_start = ts - self._audio_in / AUDIO_RATE
+            self._audio_start = ts - self._audio_in / self._rate
         self._audio_in += len(pcm)
         frames = []
         for chunk in self._framer.push(pcm):
-            frames.append(AudioFrame(chunk, self._audio_start + self._audio_out / AUDIO_RATE))
+            frames.append(AudioFrame(chunk, self._audio_start + self._audio_out / self._rate))
             self._audio_out += len(chunk)
         return frames
 

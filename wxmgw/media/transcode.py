@@ -97,15 +97,17 @@ def audio_codec(name: str) -> CodecInfo:
 
 
 class AudioDecoder:
-    """Decodes one stream's payloads to mono 48 kHz int16.
+    """Decodes one stream's payloads to mono int16 at ``out_rate`` (48 kHz unless asked).
 
     G.711 is a table look-up and 8, 16 or 24 kHz reach 48 kHz through
     :class:`~wxmgw.media.dsp.Interpolator`: no FFmpeg call at all for PCMA
-    and PCMU, one per packet for G.722 and Opus. Only a rate that does not
-    divide 48 kHz (AAC at 44.1 kHz) goes through libswresample.
+    and PCMU, one per packet for G.722 and Opus. A rate that does not divide
+    ``out_rate`` (AAC at 44.1 kHz) goes through libswresample, straight to
+    it: a leg that only re-encodes to an 8 or 16 kHz codec asks for
+    that rate and saves the way through 48 kHz.
     """
 
-    __slots__ = ("_ctx", "_g711", "_name", "_source", "_swr", "_up")
+    __slots__ = ("_ctx", "_g711", "_name", "_rate", "_source", "_swr", "_up")
 
     def __init__(
         self,
@@ -114,12 +116,14 @@ class AudioDecoder:
         sample_rate: int | None = None,
         channels: int = 1,
         extradata: bytes | None = None,
+        out_rate: int = AUDIO_RATE,
     ) -> None:
         """``codec`` is ``"AAC"`` or a key of ``AUDIO_CODECS`` (any case).
 
         AAC needs ``extradata``: the AudioSpecificConfig of the FLV sequence
         header, which also gives its rate and channels. The RTP codecs default
         to their ``sample_rate``; ``channels`` (1 or 2) is what the SDP says.
+        ``out_rate`` is the rate of the PCM returned.
         """
         if codec.upper() == _AAC:
             ffmpeg_name, rate = "aac", sample_rate
@@ -127,14 +131,15 @@ class AudioDecoder:
             info = audio_codec(codec)
             ffmpeg_name, rate = info.ffmpeg_name, sample_rate or info.sample_rate
         self._name = ffmpeg_name
+        self._rate = out_rate
         self._source: tuple[str, str, int] | None = None
         self._swr: AudioResampler | None = None
         self._up: Interpolator | None = None
         self._ctx: AudioCodecContext | None = None
         self._g711: G711 | None = None
-        if ffmpeg_name in _G711 and channels == 1 and rate == 8000:
+        if ffmpeg_name in _G711 and channels == 1 and rate == 8000 and out_rate % rate == 0:
             self._g711 = G711(ffmpeg_name)
-            self._up = Interpolator(AUDIO_RATE // rate)
+            self._up = Interpolator(self._rate // rate) if self._rate != rate else None
             return
         ctx = av.CodecContext.create(ffmpeg_name, "r")
         assert isinstance(ctx, AudioCodecContext)
@@ -159,8 +164,8 @@ class AudioDecoder:
         if not payload:
             return _NO_SAMPLES
         if self._g711 is not None:
-            assert self._up is not None
-            return self._up(self._g711.decode(payload))
+            pcm = self._g711.decode(payload)
+            return self._up(pcm) if self._up is not None else pcm
         assert self._ctx is not None
         try:
             return _joined([self._to_internal(f) for f in self._ctx.decode(av.Packet(payload))])
@@ -173,10 +178,10 @@ class AudioDecoder:
         source = (frame.format.name, frame.layout.name, frame.sample_rate)
         if source != self._source:
             self._source = source
-            rate = frame.sample_rate
-            divides = AUDIO_RATE % rate == 0
-            self._swr = None if divides else AudioResampler("s16", "mono", AUDIO_RATE)
-            self._up = Interpolator(AUDIO_RATE // rate) if divides and rate != AUDIO_RATE else None
+            rate, out = frame.sample_rate, self._rate
+            divides = out % rate == 0
+            self._swr = None if divides else AudioResampler("s16", "mono", out)
+            self._up = Interpolator(out // rate) if divides and rate != out else None
         if self._swr is not None:
             return _joined([out.to_ndarray()[0] for out in self._swr.resample(frame)])
         pcm = _mono_s16(frame)
@@ -201,10 +206,11 @@ def _mono_s16(frame: AudioFrame) -> Pcm:
 
 
 class AudioEncoder:
-    """Encodes mono 48 kHz int16 to complete codec frames.
+    """Encodes mono int16 at ``source_rate`` (48 kHz unless told) to complete codec frames.
 
-    ``frame_samples`` is what one output packet covers at 48 kHz: 960 (20 ms)
-    for the RTP codecs, 1024 for AAC-LC at 48 kHz (3072 at 16 kHz). ``extradata`` is AAC's
+    ``frame_samples`` is what one output packet covers at ``source_rate``:
+    at 48 kHz, 960 (20 ms) for the RTP codecs, 1024 for AAC-LC at 48 kHz
+    (3072 at 16 kHz). ``extradata`` is AAC's
     AudioSpecificConfig for the FLV sequence header, ``b""`` for the others.
     G.711 is a table look-up after :class:`~wxmgw.media.dsp.Decimator`; the
     others take one FFmpeg call per packet. Each 960 input samples make
@@ -213,9 +219,10 @@ class AudioEncoder:
 
     __slots__ = ("_ctx", "_down", "_framer", "_g711", "_pts", "extradata", "frame_samples", "rate")
 
-    def __init__(self, codec: str, aac: int = AUDIO_RATE) -> None:
+    def __init__(self, codec: str, aac: int = AUDIO_RATE, *, source_rate: int = AUDIO_RATE) -> None:
         """``codec`` is ``"AAC"`` (AAC-LC mono at rate ``aac``: 48 kHz or
-        ``AAC_NARROW_RATE``) or a key of ``AUDIO_CODECS``."""
+        ``AAC_NARROW_RATE``) or a key of ``AUDIO_CODECS``; ``source_rate`` is
+        the codec's rate or a multiple of it."""
         self._ctx: AudioCodecContext | None = None
         self._g711: G711 | None = None
         self.extradata = b""
@@ -236,8 +243,10 @@ class AudioEncoder:
                 self._ctx = self._open(info.ffmpeg_name, rate, options)
         self._pts = 0
         self.rate = rate
-        self._down = Decimator(AUDIO_RATE // rate) if rate != AUDIO_RATE else None
-        self.frame_samples = codec_frame * AUDIO_RATE // rate
+        if source_rate % rate:
+            raise ValueError(f"{codec} at {rate} Hz from {source_rate} Hz: not a multiple")
+        self._down = Decimator(source_rate // rate) if rate != source_rate else None
+        self.frame_samples = codec_frame * source_rate // rate
         self._framer = PcmFramer(self.frame_samples)
 
     @staticmethod
