@@ -117,6 +117,11 @@ class NginxRtmp:
         return f"http://127.0.0.1:{self.http_port}/stat"
 
     @property
+    def pid(self) -> int | None:
+        """The master process's pid while running (its worker is its child)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -47,13 +49,14 @@ class Collector:
         self.audio: list[AudioFrame] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
 
-    def reader(self, url: str) -> RtmpReader:
+    def reader(self, url: str, **kwargs: Any) -> RtmpReader:
         return RtmpReader(
             url,
             on_video=self.video.append,
             on_audio=self.audio.append,
             on_event=lambda kind, info: self.events.append((kind, info)),
             name="test",
+            **kwargs,
         )
 
     def count(self, kind: str) -> int:
@@ -105,6 +108,40 @@ def test_reader_reconnects_after_nginx_restart(nginx: NginxRtmp, ffmpeg_publish:
         reader.close()
         assert reader.join(10)
     assert collector.count("connected") >= 2
+    assert reader.stats.reconnects >= 1
+
+
+def signal_nginx(nginx: NginxRtmp, sig: signal.Signals) -> None:
+    """Signal nginx's master and its workers (the RTMP sessions live in a worker)."""
+    pid = nginx.pid
+    assert pid is not None
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for p in (pid, *map(int, children)):
+        os.kill(p, sig)
+
+
+def test_reader_sees_a_hung_server_and_comes_back(nginx: NginxRtmp, ffmpeg_publish: Publish,
+                                                  collector: Collector) -> None:
+    """A live server that keeps the connection but sends nothing ends the session in time."""
+    url = nginx.rtmp_url("cam")
+    ffmpeg_publish(url, seconds=40)
+    reader = collector.reader(url, read_timeout=1.0, open_timeout=2.0)
+    reader.start()
+    try:
+        wait_for(lambda: len(collector.video) >= 10)
+        failed = collector.count("disconnected")  # before the publisher was there
+        signal_nginx(nginx, signal.SIGSTOP)
+        try:
+            wait_for(lambda: collector.count("disconnected") > failed, timeout=5)
+        finally:
+            signal_nginx(nginx, signal.SIGCONT)
+        before = len(collector.video)
+        wait_for(lambda: len(collector.video) >= before + 10)
+    finally:
+        reader.close()
+        assert reader.join(10)
+    errors = [i["error"] for k, i in collector.events if k == "disconnected"]
+    assert "nothing read in 1.0 s" in errors[failed]
     assert reader.stats.reconnects >= 1
 
 
