@@ -32,7 +32,7 @@ import gevent
 from wxmgw.errors import WxmgwError
 from wxmgw.legs.base import Leg, LegContext
 from wxmgw.legs.flvpush import FlvPublisher
-from wxmgw.media.dsp import Interpolator
+from wxmgw.media.dsp import interpolator
 from wxmgw.media.frames import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_FRAME_SECONDS,
@@ -227,8 +227,7 @@ class Rtmp2rtp(Leg):
         self._reader: RtmpReader | None = None
         self._audio_rate = AUDIO_RATE if params.mas_less else audio_codec(
             params.audio.codec).sample_rate
-        self._widen = Interpolator(AUDIO_RATE // self._audio_rate) if (
-            self._audio_rate != AUDIO_RATE) else None
+        self._widen = interpolator(self._audio_rate, AUDIO_RATE)
         self._frames_in = {"video": 0, "audio": 0}
         self._frame_errors = 0
         self.last_error = ""

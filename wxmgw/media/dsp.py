@@ -100,6 +100,16 @@ class Interpolator:
         return _to_int16((windows @ self._branches).reshape(-1))
 
 
+def decimator(rate: int, out: int) -> Decimator | None:
+    """Streaming ``rate`` -> ``out`` downsampling (``rate`` a multiple of ``out``); None if same."""
+    return Decimator(rate // out) if rate != out else None
+
+
+def interpolator(rate: int, out: int) -> Interpolator | None:
+    """Streaming ``rate`` -> ``out`` upsampling (``out`` a multiple of ``rate``); None if same."""
+    return Interpolator(out // rate) if rate != out else None
+
+
 class G711:
     """A-law (``pcm_alaw``) or µ-law (``pcm_mulaw``) as two look-up tables."""
 

@@ -28,7 +28,7 @@ from av.audio.frame import AudioFrame
 from av.audio.resampler import AudioResampler
 
 from wxmgw.errors import InvalidArgument, MediaError
-from wxmgw.media.dsp import G711, Decimator, Interpolator
+from wxmgw.media.dsp import G711, Interpolator, decimator, interpolator
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, Pcm
 
 _PACKET_MS = 20
@@ -139,7 +139,7 @@ class AudioDecoder:
         self._g711: G711 | None = None
         if ffmpeg_name in _G711 and channels == 1 and rate == 8000 and out_rate % rate == 0:
             self._g711 = G711(ffmpeg_name)
-            self._up = Interpolator(self._rate // rate) if self._rate != rate else None
+            self._up = interpolator(rate, out_rate)
             return
         ctx = av.CodecContext.create(ffmpeg_name, "r")
         assert isinstance(ctx, AudioCodecContext)
@@ -181,7 +181,7 @@ class AudioDecoder:
             rate, out = frame.sample_rate, self._rate
             divides = out % rate == 0
             self._swr = None if divides else AudioResampler("s16", "mono", out)
-            self._up = Interpolator(out // rate) if divides and rate != out else None
+            self._up = interpolator(rate, out) if divides else None
         if self._swr is not None:
             return _joined([out.to_ndarray()[0] for out in self._swr.resample(frame)])
         pcm = _mono_s16(frame)
@@ -245,7 +245,7 @@ class AudioEncoder:
         self.rate = rate
         if source_rate % rate:
             raise ValueError(f"{codec} at {rate} Hz from {source_rate} Hz: not a multiple")
-        self._down = Decimator(source_rate // rate) if rate != source_rate else None
+        self._down = decimator(source_rate, rate)
         self.frame_samples = codec_frame * source_rate // rate
         self._framer = PcmFramer(self.frame_samples)
 
