@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 SRC := $(wildcard wxmgw callroute tests bench)
 CODE := $(wildcard wxmgw callroute bench)
 
-.PHONY: setup debs run test lint unit integration bench demo clean
+.PHONY: setup debs run test lint unit integration fuzz bench demo clean
 
 setup: debs $(STAMP)
 
@@ -51,6 +51,10 @@ integration: setup
 
 test: lint
 	$(PY) -m pytest -q -ra tests
+
+# The Hypothesis properties with many more examples than `make test` gives them.
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -m fuzz tests/unit
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
