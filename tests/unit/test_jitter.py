@@ -205,3 +205,65 @@ def test_no_report_block_before_a_packet_and_clock_default() -> None:
     assert seqs(jb.pop_ready()) == [1]
     now[0] = 5.2
     assert seqs(jb.pop_ready()) == [Gap(1), 3]
+
+
+def nacking(window: float = 0.3, retry: float = 0.05) -> JitterBuffer:
+    return JitterBuffer(RATE, clock=lambda: 0.0, window=window, nack_retry=retry)
+
+
+def test_hole_is_asked_for_at_once_then_once_more() -> None:
+    jb = nacking()
+    jb.push(pkt(1), 0.0)
+    assert jb.nacks_due(0.0) == []
+    jb.push(pkt(4), 0.01)
+    assert jb.nacks_due(0.01) == [2, 3]
+    assert jb.nacks_due(0.02) == []
+    assert jb.next_deadline() == 0.01 + 0.05  # the retry comes before the window
+    assert jb.nacks_due(0.07) == [2, 3]
+    assert jb.nacks_due(0.2) == []  # asked twice: no more
+    assert jb.next_deadline() == 0.01 + 0.3
+    assert jb.stats.nacked == 4
+
+
+def test_retransmission_fills_the_hole_and_counts_as_recovered() -> None:
+    jb = nacking()
+    jb.push(pkt(1), 0.0)
+    jb.push(pkt(4), 0.01)
+    jb.push(pkt(5), 0.02)
+    assert jb.nacks_due(0.02) == [2, 3]
+    assert seqs(jb.pop_ready(0.02)) == [1]
+    jb.push(pkt(3), 0.03)
+    jb.push(pkt(2), 0.04)
+    assert seqs(jb.pop_ready(0.04)) == [2, 3, 4, 5]
+    st = jb.stats
+    assert (st.recovered, st.reordered, st.lost) == (2, 0, 0)
+    assert jb.nacks_due(1.0) == [] and jb.next_deadline() is None
+
+
+def test_a_hole_given_up_is_not_asked_for_again() -> None:
+    jb = nacking(window=0.1, retry=0.5)
+    jb.push(pkt(1), 0.0)
+    jb.push(pkt(3), 0.01)
+    assert jb.nacks_due(0.01) == [2]
+    assert seqs(jb.pop_ready(0.2)) == [1, Gap(1), 3]
+    assert jb.nacks_due(1.0) == []
+    jb.push(pkt(2), 1.0)  # the retransmission came too late
+    assert jb.stats.late == 1 and jb.stats.recovered == 0
+
+
+def test_outage_is_not_asked_for_and_nothing_without_nack() -> None:
+    jb = nacking()
+    jb.push(pkt(1), 0.0)
+    jb.push(pkt(500), 0.01)
+    assert jb.nacks_due(0.01) == []
+    plain = make()
+    plain.push(pkt(1), 0.0)
+    plain.push(pkt(3), 0.01)
+    assert plain.nacks_due(0.01) == []
+
+
+def test_nack_numbers_wrap_with_the_sequence() -> None:
+    jb = nacking()
+    jb.push(pkt(65534), 0.0)
+    jb.push(pkt(1), 0.01)
+    assert jb.nacks_due(0.01) == [65535, 0]

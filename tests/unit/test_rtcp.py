@@ -10,6 +10,7 @@ from wxmgw.errors import ParseError
 from wxmgw.rtp.rtcp import (
     Bye,
     Fir,
+    Nack,
     Pli,
     ReceiverReport,
     ReportBlock,
@@ -66,6 +67,8 @@ SAMPLES: list[RtcpPacket] = [
     Bye([12]),
     Pli(13, 14),
     Fir(15, [(16, 1), (17, 255)]),
+    Nack(18, 19, [7]),
+    Nack(20, 21, [65534, 65535, 0, 15, 40]),
 ]
 
 
@@ -90,11 +93,21 @@ def test_known_layouts() -> None:
 
 def test_compound_skips_unknown_types() -> None:
     app = bytes.fromhex("80cc0002" "00000001" "6e616d65")  # APP
-    nack = bytes.fromhex("81cd0003" "00000001" "00000002" "00050000")  # RTPFB generic NACK
+    tmmbr = bytes.fromhex("83cd0004" "00000001" "00000000" "00000002" "00000000")  # RTPFB 3
     remb = bytes.fromhex("8fce0002" "00000001" "00000000")  # PSFB FMT 15 (REMB-ish)
     rr = ReceiverReport(1)
-    packets = parse_compound(bytes(rr) + app + nack + remb + bytes(Pli(1, 2)))
+    packets = parse_compound(bytes(rr) + app + tmmbr + remb + bytes(Pli(1, 2)))
     assert packets == [rr, Pli(1, 2)]
+
+
+def test_nack_layout_packs_runs_into_pid_and_blp() -> None:
+    # RFC 4585 §6.2.1: PID 5 with BLP bits 0 and 2 names 5, 6 and 8.
+    raw = bytes.fromhex("81cd0003" "00000001" "00000002" "00050005")
+    assert Nack.parse(raw) == Nack(1, 2, [5, 6, 8])
+    assert bytes(Nack(1, 2, [5, 6, 8])) == raw
+    # 17 after the PID no longer fits its mask; a wrap stays in one entry.
+    assert len(bytes(Nack(1, 2, [100, 117]))) == 20
+    assert len(bytes(Nack(1, 2, [65535, 0, 1]))) == 16
 
 
 def test_padding_in_last_packet() -> None:
@@ -118,6 +131,7 @@ def test_padding_in_last_packet() -> None:
         bytes.fromhex("84ce0003" "00000001" "00000000" "00000002"),  # FIR entry cut
         bytes.fromhex("81ce0001" "00000001"),  # PLI without media SSRC
         bytes.fromhex("a1ce0002" "00000001" "00000000"),  # padding count 0
+        bytes.fromhex("81cd0002" "00000001" "00000002"),  # NACK without an entry
     ],
 )
 def test_malformed(raw: bytes) -> None:

@@ -82,3 +82,63 @@ def test_wrong_payload_type_and_second_source_are_dropped(ports):
         assert session.stats.malformed == 1
     finally:
         session.close()
+
+
+def test_a_lost_packet_is_nacked_and_resent_from_the_history(ports):
+    a_pair, b_pair = ports.allocate(), ports.allocate()
+    got: list = []
+    sender = RtpSession(a_pair, "a", remote=("127.0.0.1", b_pair.port),
+                        send=SendConfig(ssrc=1234, payload_type=96, clock_rate=90000, history=1.0))
+    receiver = RtpSession(b_pair, "b", on_media=got.extend,
+                          receive=ReceiveConfig(96, 90000, window=0.5, nack_retry=0.1))
+    sender.start()
+    receiver.start()
+    try:
+        for i in range(10):
+            sender.remote = ("127.0.0.1", 9) if i in (3, 4) else ("127.0.0.1", b_pair.port)
+            sender.send(bytes([i]) * 10, i * 3000, True, media_time=100.0 + i / 30)
+            gevent.sleep(0.002)
+        gevent.sleep(0.2)
+        assert [p.payload[0] for p in got if not isinstance(p, Gap)] == list(range(10))
+        assert not any(isinstance(p, Gap) for p in got)
+        assert receiver.stats.nack_sent >= 1 and receiver.jitter.stats.recovered == 2
+        assert sender.stats.nack_received >= 1 and sender.stats.resent == 2
+        assert receiver.jitter.stats.lost == 0
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_rfc4588_retransmission_is_unwrapped(ports):
+    pair = ports.allocate()
+    got: list = []
+    session = RtpSession(pair, "r", on_media=got.extend,
+                         receive=ReceiveConfig(96, 90000, window=0.5, nack_retry=0.1,
+                                               rtx_payload_type=97))
+    session.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp_out, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtcp_in:
+            rtp_out.bind(("127.0.0.1", 0))
+            rtcp_in.bind(("127.0.0.1", 0))
+            rtcp_in.settimeout(2)
+
+            def packet(pt: int, seq: int, ssrc: int, payload: bytes) -> bytes:
+                return (bytes([0x80, 0x80 | pt]) + seq.to_bytes(2, "big") + (seq * 3000)
+                        .to_bytes(4, "big") + ssrc.to_bytes(4, "big") + payload)
+
+            # Our RTCP goes to the port the peer sent RTCP from (an SR-less RR will do).
+            rtcp_in.sendto(bytes(rtcp.ReceiverReport(55)), ("127.0.0.1", pair.port + 1))
+            gevent.sleep(0.05)
+            for seq in (1, 2, 4):
+                rtp_out.sendto(packet(96, seq, 55, bytes([seq])), ("127.0.0.1", pair.port))
+            nack = next(p for p in rtcp.parse_compound(rtcp_in.recv(2048))
+                        if isinstance(p, rtcp.Nack))
+            assert nack.media_ssrc == 55 and nack.lost == [3]
+            rtp_out.sendto(packet(97, 700, 66, b"\x00\x03" + bytes([3])), ("127.0.0.1", pair.port))
+            gevent.sleep(0.05)
+        assert [(p.sequence_number, p.payload, p.ssrc) for p in got] == [
+            (s, bytes([s]), 55) for s in (1, 2, 3, 4)]
+        assert session.stats.rtx_received == 1 and session.jitter.stats.recovered == 1
+    finally:
+        session.close()

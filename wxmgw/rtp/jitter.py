@@ -22,11 +22,21 @@ Rules, after RFC 3550 §A.1 (``update_seq``):
 * The first packet of a source starts the stream; an earlier one arriving
   after it counts as late.
 
+Generic NACK (RFC 4585 §6.2.1), when ``nack_retry`` is set: the sequence
+numbers of a new hole are asked for at once (:meth:`JitterBuffer.nacks_due`),
+and once more ``nack_retry`` seconds later if they are still awaited; a hole
+of more than ``MAX_NACK_RUN`` packets is not asked for (a burst that large
+is an outage, not a loss). A packet that fills an asked-for hole counts as
+``recovered``, not as reordered, and leaves the jitter estimate alone
+(RFC 4588 §8: retransmissions say nothing of the path's jitter). The window
+must cover the round trip and the retry for a NACK to pay off.
+
 Payload-type and source-address filtering belong to the RTP session.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +48,8 @@ from wxmgw.rtp.seq import SeqUnwrapper, ts_diff
 MAX_MISORDER = 100
 #: RFC 3550 §A.1: how far ahead a packet may be before it is a jump.
 MAX_DROPOUT = 3000
+#: Largest hole whose packets are asked for again.
+MAX_NACK_RUN = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +76,8 @@ class JitterStats:
     late: int = 0
     resets: int = 0
     stray: int = 0
+    nacked: int = 0
+    recovered: int = 0
     jitter: float = 0.0
 
     @property
@@ -85,6 +99,7 @@ class JitterBuffer:
         "_expected_prior",
         "_last_arrival",
         "_last_ts",
+        "_missing",
         "_next",
         "_out",
         "_probe",
@@ -94,6 +109,7 @@ class JitterBuffer:
         "_skipped",
         "clock_rate",
         "max_packets",
+        "nack_retry",
         "ssrc",
         "stats",
         "window",
@@ -105,10 +121,12 @@ class JitterBuffer:
         clock: Callable[[], float],
         window: float = 0.1,
         max_packets: int = 500,
+        nack_retry: float | None = None,
     ) -> None:
         self.clock_rate = clock_rate
         self.window = window
         self.max_packets = max_packets
+        self.nack_retry = nack_retry
         self.stats = JitterStats(clock_rate)
         #: SSRC of the current source (None before the first packet).
         self.ssrc: int | None = None
@@ -122,6 +140,8 @@ class JitterBuffer:
         self._buf: dict[int, tuple[RtpPacket, float]] = {}
         self._next = 0  # extended index of the next packet to release
         self._skipped: set[int] = set()  # recently skipped indices, to tell late from duplicate
+        # Awaited holes: extended index -> when to ask for it (next), None once asked twice.
+        self._missing: dict[int, float | None] = {}
         # RFC 3550 §A.3 state for report blocks.
         self._base = 0
         self._rr_received = 0
@@ -179,10 +199,16 @@ class JitterBuffer:
             stats.duplicates += 1
             return
         if delta > 0:
+            if self.nack_retry is not None and 1 < delta <= MAX_NACK_RUN + 1:
+                self._missing.update(dict.fromkeys(range(ext - delta + 1, ext), -math.inf))
             self._seq.unwrap(seq)
-        elif delta < 0:
+            self._update_jitter(pkt, arrival)
+        elif ext in self._missing:
+            del self._missing[ext]
+            stats.recovered += 1
+        else:
             stats.reordered += 1
-        self._update_jitter(pkt, arrival)
+            self._update_jitter(pkt, arrival)
         if ext == nxt:
             self._out.append(pkt)
             self._next = nxt + 1
@@ -239,19 +265,44 @@ class JitterBuffer:
         self._skipped = {i for i in self._skipped if i >= floor}
         self._skipped.update(range(max(self._next, floor), first))
         self._next = first
+        if self._missing:
+            self._missing = {i: t for i, t in self._missing.items() if i >= first}
         self._release_in_order()
 
-    def next_deadline(self) -> float | None:
-        """When a hole should be given up on, if packets wait behind one; for timers."""
+    def _hole_deadline(self) -> float | None:
+        """When the oldest hole is given up on, if packets wait behind one."""
         if not self._buf:
             return None
         return min(arrival for _, arrival in self._buf.values()) + self.window
+
+    def next_deadline(self) -> float | None:
+        """When a hole should be given up on or asked for again; for timers."""
+        deadline = self._hole_deadline()
+        asks = [t for t in self._missing.values() if t is not None]
+        return min(deadline, *asks) if asks and deadline is not None else deadline
+
+    def nacks_due(self, now: float | None = None) -> list[int]:
+        """Sequence numbers to ask the sender for now (generic NACK, RFC 4585 §6.2.1).
+
+        A hole is asked for as soon as it is seen, and once more ``nack_retry``
+        seconds later while it is still awaited.
+        """
+        if not self._missing:
+            return []
+        if now is None:
+            now = self._clock()
+        assert self.nack_retry is not None
+        due = [i for i, t in self._missing.items() if t is not None and t <= now]
+        for i in due:
+            self._missing[i] = now + self.nack_retry if self._missing[i] == -math.inf else None
+        self.stats.nacked += len(due)
+        return [i & 0xFFFF for i in due]
 
     def pop_ready(self, now: float | None = None) -> list[RtpPacket | Gap]:
         """Packets ready in sequence order, with a :class:`Gap` where packets were skipped."""
         if now is None:
             now = self._clock()
-        while (deadline := self.next_deadline()) is not None and now >= deadline:
+        while (deadline := self._hole_deadline()) is not None and now >= deadline:
             self._skip_hole()
         out, self._out = self._out, []
         return out

@@ -1,9 +1,9 @@
 """RTCP packets: bytes to objects and back.
 
 Covers what the gateway sends and reads: sender and receiver reports, SDES
-and BYE (RFC 3550 §6.4-6.6), and the keyframe requests PLI (RFC 4585
-§6.3.1) and FIR (RFC 5104 §4.3.1). Other packet types (APP, NACK, REMB,
-transport-wide feedback...) are skipped by :func:`parse_compound`.
+and BYE (RFC 3550 §6.4-6.6), generic NACK (RFC 4585 §6.2.1) and the keyframe
+requests PLI (RFC 4585 §6.3.1) and FIR (RFC 5104 §4.3.1). Other packet types
+(APP, REMB, transport-wide feedback...) are skipped by :func:`parse_compound`.
 
 Written by hand for the same reason as :mod:`wxmgw.rtp.packet`: FFmpeg only
 sends reports on its own and offers no PLI/FIR.
@@ -23,7 +23,9 @@ SR = 200
 RR = 201
 SDES = 202
 BYE = 203
+RTPFB = 205  # transport-layer feedback (RFC 4585 §6.1)
 PSFB = 206  # payload-specific feedback (RFC 4585 §6.1)
+NACK_FMT = 1
 PLI_FMT = 1
 FIR_FMT = 4
 
@@ -35,6 +37,7 @@ _SSRC_PAIR = struct.Struct("!II")
 _SENDER_INFO = struct.Struct("!IQIII")  # sender SSRC + RFC 3550 §6.4.1 sender info
 _REPORT_BLOCK = struct.Struct("!IIIIII")
 _FIR_ENTRY = struct.Struct("!IB3x")
+_NACK_ENTRY = struct.Struct("!HH")
 
 #: Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 NTP_UNIX_OFFSET = 2_208_988_800
@@ -331,7 +334,51 @@ class Fir:
         return _header(FIR_FMT, PSFB, len(body)) + body
 
 
-RtcpPacket: TypeAlias = SenderReport | ReceiverReport | Sdes | Bye | Pli | Fir
+@dataclass(slots=True)
+class Nack:
+    """Generic NACK (RFC 4585 §6.2.1): the media sender is asked to resend ``lost``.
+
+    ``lost`` holds 16-bit sequence numbers in the order the FCI entries name
+    them; each entry is a PID and a bitmask (BLP) of the 16 numbers after it.
+    :meth:`__bytes__` packs consecutive numbers into as few entries as it can.
+    """
+
+    sender_ssrc: int
+    media_ssrc: int
+    lost: list[int] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, data: bytes) -> Nack:
+        fmt, end = _open(data, RTPFB)
+        if fmt != NACK_FMT:
+            raise ParseError(f"RTCP RTPFB FMT {fmt} is not a generic NACK")
+        if end < 16 or (end - 12) % 4:
+            raise ParseError("RTCP NACK length is not 12 + 4n octets (n >= 1)")
+        sender, media = _SSRC_PAIR.unpack_from(data, 4)
+        lost: list[int] = []
+        for pos in range(12, end, 4):
+            pid, blp = _NACK_ENTRY.unpack_from(data, pos)
+            lost.append(pid)
+            lost.extend((pid + 1 + bit) & 0xFFFF for bit in range(16) if blp >> bit & 1)
+        return cls(sender, media, lost)
+
+    def __bytes__(self) -> bytes:
+        entries: list[tuple[int, int]] = []
+        for seq in self.lost:
+            if entries:
+                pid, blp = entries[-1]
+                bit = (seq - pid - 1) & 0xFFFF
+                if bit < 16:
+                    entries[-1] = (pid, blp | 1 << bit)
+                    continue
+            entries.append((seq & 0xFFFF, 0))
+        body = _SSRC_PAIR.pack(self.sender_ssrc, self.media_ssrc) + b"".join(
+            _NACK_ENTRY.pack(pid, blp) for pid, blp in entries
+        )
+        return _header(NACK_FMT, RTPFB, len(body)) + body
+
+
+RtcpPacket: TypeAlias = SenderReport | ReceiverReport | Sdes | Bye | Pli | Fir | Nack
 
 _PARSERS: dict[tuple[int, int | None], Callable[[bytes], RtcpPacket]] = {
     (SR, None): SenderReport.parse,
@@ -340,6 +387,7 @@ _PARSERS: dict[tuple[int, int | None], Callable[[bytes], RtcpPacket]] = {
     (BYE, None): Bye.parse,
     (PSFB, PLI_FMT): Pli.parse,
     (PSFB, FIR_FMT): Fir.parse,
+    (RTPFB, NACK_FMT): Nack.parse,
 }
 
 
@@ -364,7 +412,7 @@ def parse_compound(data: bytes) -> list[RtcpPacket]:
         end = pos + (words + 1) * 4
         if end > size:
             raise ParseError("RTCP packet longer than its compound packet")
-        parser = _PARSERS.get((pt, b0 & 0x1F if pt == PSFB else None))
+        parser = _PARSERS.get((pt, b0 & 0x1F if pt in (PSFB, RTPFB) else None))
         if parser is not None:
             packets.append(parser(data[pos:end]))
         pos = end

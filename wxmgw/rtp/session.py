@@ -15,6 +15,14 @@ one place:
   (§6.4.2); :meth:`RtpSession.request_keyframe` sends PLI (RFC 4585 §6.3.1)
   and FIR (RFC 5104 §4.3.1), rate-limited; sender reports from the far end
   map its RTP time to our clock (:class:`Timeline`).
+
+Losses are repaired where the configs ask for it: a receiving session with
+``nack_retry`` sends generic NACKs (RFC 4585 §6.2.1) for the holes its jitter
+buffer sees and takes back both plain resends (the original SSRC and
+sequence number) and RFC 4588 retransmissions on ``rtx_payload_type``; a
+sending session with ``history`` keeps that many seconds of sent packets and
+resends what a NACK names, each number at most once per
+``RESEND_INTERVAL`` and no more than ``RESEND_RATE`` packets a second.
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ from wxmgw.rtp.seq import TimestampUnwrapper
 
 RTCP_INTERVAL = 5.0
 KEYFRAME_REQUEST_INTERVAL = 1.0
+#: A sequence number named by several NACKs is resent at most this often.
+RESEND_INTERVAL = 0.05
+#: Most packets resent per second (a token bucket): a NACK storm cannot double the stream.
+RESEND_RATE = 250
+#: Slots of the resend history (a power of two, past any second of video sent).
+_HISTORY_SLOTS = 2048
 _MAX_DATAGRAM = 65536
 
 Media = list[RtpPacket | Gap]
@@ -43,16 +57,26 @@ Media = list[RtpPacket | Gap]
 
 @dataclass(frozen=True, slots=True)
 class SendConfig:
+    """``history``: seconds of sent packets kept to answer NACKs (0: none)."""
+
     ssrc: int
     payload_type: int
     clock_rate: int
+    history: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiveConfig:
+    """``nack_retry``: NACK holes, asking again after that many seconds (None: never).
+
+    ``rtx_payload_type``: RFC 4588 retransmissions arrive with this payload type.
+    """
+
     payload_type: int
     clock_rate: int
     window: float = 0.1
+    nack_retry: float | None = None
+    rtx_payload_type: int | None = None
 
 
 @dataclass(slots=True)
@@ -72,6 +96,11 @@ class SessionStats:
     fir_received: int = 0
     pli_sent: int = 0
     fir_sent: int = 0
+    nack_sent: int = 0
+    rtx_received: int = 0
+    nack_received: int = 0
+    resent: int = 0
+    resend_missed: int = 0
     remote_fraction_lost: float = 0.0
     remote_jitter: int = 0
 
@@ -170,8 +199,17 @@ class RtpSession:
         self._ts_base = random.getrandbits(32)
         self._last_sent: tuple[int, float] | None = None  # (rtp ts, media time)
         self.jitter = (
-            JitterBuffer(receive.clock_rate, clock, receive.window) if receive else None
+            JitterBuffer(receive.clock_rate, clock, receive.window, nack_retry=receive.nack_retry)
+            if receive
+            else None
         )
+        # Resend history: slot seq % _HISTORY_SLOTS -> (seq, datagram, when sent).
+        self._history: list[tuple[int, bytes, float] | None] | None = (
+            [None] * _HISTORY_SLOTS if send is not None and send.history > 0 else None
+        )
+        self._resent_at: dict[int, float] = {}
+        self._resend_tokens = float(RESEND_RATE)
+        self._resend_refill = clock()
         self.timeline = Timeline(receive.clock_rate, offset or ClockOffset()) if receive else None
         self._source: tuple[str, int] | None = None
         self._rtcp_source: tuple[str, int] | None = None
@@ -213,6 +251,8 @@ class RtpSession:
         rtp_ts = (self._ts_base + timestamp) & 0xFFFFFFFF
         data = bytes(RtpPacket(config.payload_type, self._seq, rtp_ts, config.ssrc, payload,
                                marker))
+        if self._history is not None:
+            self._history[self._seq % _HISTORY_SLOTS] = (self._seq, data, self.clock())
         self._seq = (self._seq + 1) & 0xFFFF
         self._last_sent = (rtp_ts, media_time)
         try:
@@ -240,6 +280,7 @@ class RtpSession:
                 data, addr = sock.recvfrom(_MAX_DATAGRAM)
             except TimeoutError:
                 self._deliver()
+                self._send_nacks()
                 continue
             except OSError:
                 if self.closed or self.pair.closed:
@@ -267,6 +308,8 @@ class RtpSession:
             return
         try:
             pkt = RtpPacket.parse(data)
+            if pkt.payload_type == config.rtx_payload_type:
+                pkt = self._unwrap_rtx(pkt, config, jitter)
         except ParseError:
             self.stats.malformed += 1
             return
@@ -277,6 +320,29 @@ class RtpSession:
         self.stats.bytes_received += len(pkt.payload)
         jitter.push(pkt, self.clock())
         self._deliver()
+        self._send_nacks()
+
+    def _unwrap_rtx(self, rtx: RtpPacket, config: ReceiveConfig, jitter: JitterBuffer) -> RtpPacket:
+        """The original packet of an RFC 4588 §4 retransmission: OSN first, then the payload.
+
+        The retransmission stream has an SSRC of its own (session multiplexing,
+        §8.3); the packet goes back to the source the jitter buffer follows.
+        """
+        if len(rtx.payload) < 2 or jitter.ssrc is None:
+            raise ParseError("RTX packet without an original sequence number or a source")
+        self.stats.rtx_received += 1
+        osn = int.from_bytes(rtx.payload[:2], "big")
+        return RtpPacket(config.payload_type, osn, rtx.timestamp, jitter.ssrc, rtx.payload[2:],
+                         rtx.marker)
+
+    def _send_nacks(self) -> None:
+        """Ask the far sender for the holes the jitter buffer now awaits (RFC 4585 §6.2.1)."""
+        jitter = self.jitter
+        if jitter is None or jitter.ssrc is None:
+            return
+        lost = jitter.nacks_due()
+        if lost and self._send_rtcp([*self._reports(), rtcp.Nack(self.ssrc, jitter.ssrc, lost)]):
+            self.stats.nack_sent += 1
 
     def _deliver(self) -> None:
         if self.jitter is None or self.on_media is None:
@@ -354,8 +420,44 @@ class RtpSession:
                 self.stats.pli_received += 1
             elif isinstance(packet, rtcp.Fir):
                 self.stats.fir_received += 1
+            elif isinstance(packet, rtcp.Nack) and packet.media_ssrc == self.ssrc:
+                self.stats.nack_received += 1
+                self._resend(packet.lost, now)
             if self.on_feedback is not None:
                 self.on_feedback(packet)
+
+    def _resend(self, lost: list[int], now: float) -> None:
+        """Send again, as they were, the packets a NACK names that are still in the history."""
+        history = self._history
+        if history is None or self.remote is None or self.closed:
+            self.stats.resend_missed += len(lost)
+            return
+        assert self.send_config is not None
+        self._resend_tokens = min(
+            float(RESEND_RATE),
+            self._resend_tokens + (now - self._resend_refill) * RESEND_RATE,
+        )
+        self._resend_refill = now
+        oldest = now - self.send_config.history
+        if len(self._resent_at) > _HISTORY_SLOTS:
+            self._resent_at = {
+                s: t for s, t in self._resent_at.items() if now - t < RESEND_INTERVAL
+            }
+        for seq in lost:
+            slot = history[seq % _HISTORY_SLOTS]
+            if slot is None or slot[0] != seq or slot[2] < oldest or self._resend_tokens < 1:
+                self.stats.resend_missed += 1
+                continue
+            if now - self._resent_at.get(seq, -RESEND_INTERVAL) < RESEND_INTERVAL:
+                continue  # already on its way
+            self._resent_at[seq] = now
+            self._resend_tokens -= 1
+            try:
+                self.pair.rtp.sendto(slot[1], self.remote)
+            except OSError:
+                self.stats.send_errors += 1
+                continue
+            self.stats.resent += 1
 
     def _note_blocks(self, blocks: list[rtcp.ReportBlock]) -> None:
         for block in blocks:
