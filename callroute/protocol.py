@@ -30,7 +30,11 @@ code  name                  when
 Accepted quirks of the seed: ``method`` surrounded by white space,
 ``type`` as ``"1"`` or ``1``, ``id``/``uuid``/``confId``/``crgwid``/``antissrc``/``seq``
 as strings or integers (booleans, fractions and blanks inside are refused).
-The seed's examples carry ``//`` comments; the wire carries plain JSON (RFC 8259).
+Numbers given as strings (``antissrc``, ``type``) are at most ten ASCII digits,
+so no input makes ``int()`` work on thousands of digits or on other scripts'
+digits. The seed's examples carry ``//`` comments; the wire carries plain JSON
+(RFC 8259), and text that is not Unicode (invalid UTF-8, an escaped lone
+surrogate) is refused with 111 like any other malformed body.
 
 Everything here is pure: bytes in, dataclasses and dicts out.
 """
@@ -38,6 +42,7 @@ Everything here is pure: bytes in, dataclasses and dicts out.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, TypeGuard
@@ -46,6 +51,9 @@ JsonScalar = str | int
 
 MAX_IDENT = 128
 """Longest ``id``, ``uuid``, ``confId``, ``crgwid`` or ``seq`` accepted."""
+
+MAX_DIGITS = 10
+"""Longest decimal text accepted for a number (``antissrc``, ``type``): any 32-bit value."""
 
 VIDEO_TYPES = {1: "video", 2: "screen share"}
 """The seed's request ``type``: 1 video, 2 screen share (echoed, not interpreted)."""
@@ -184,11 +192,38 @@ def _is_scalar(value: object) -> TypeGuard[JsonScalar]:
 
 
 def decode(body: bytes) -> Any:
-    """The JSON value of ``body`` (UTF-8, a BOM tolerated); InvalidFormat otherwise."""
+    """The JSON value of ``body`` (UTF-8, a BOM tolerated); InvalidFormat otherwise.
+
+    A string escape may name a lone surrogate (``"\\ud800"``, RFC 8259 §8.2),
+    which is no Unicode character: such text could be neither logged nor
+    echoed in the reply, so the body is refused like undecodable UTF-8.
+    """
     try:
-        return json.loads(body.decode("utf-8-sig"), parse_constant=_no_constant)
+        value = json.loads(body.decode("utf-8-sig"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidFormat(f"body is not JSON: {exc}") from None
+    if _has_surrogate(value):
+        raise InvalidFormat("body is not JSON: a string escapes a lone surrogate")
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_surrogate(value: Any) -> bool:
+    """Whether a string (or object key) anywhere in a decoded JSON value holds a surrogate."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _no_constant(name: str) -> Any:
@@ -210,20 +245,31 @@ def _ident(container: dict[str, Any], name: str, *, required: bool = True) -> st
     return text
 
 
+def _number(value: object) -> int | None:
+    """A JSON integer, or 1 to MAX_DIGITS ASCII digits in a string (blanks around tolerated)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if 0 < len(text) <= MAX_DIGITS and text.isascii() and text.isdecimal():
+            return int(text)
+    return None
+
+
 def _ssrc(value: object) -> int:
     """``antissrc``: a 32-bit RTP SSRC (RFC 3550 section 5.1) as decimal text or integer."""
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value.strip())
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFF:
+    number = _number(value)
+    if number is None or not 0 <= number <= 0xFFFFFFFF:
         raise InvalidFormat("antissrc must be a 32-bit SSRC")
-    return value
+    return number
 
 
 def _video(params: dict[str, Any]) -> VideoRef:
     _ident(params, "seq")
     kind = params.get("type")
-    number = int(kind.strip()) if isinstance(kind, str) and kind.strip().isdecimal() else kind
-    if not _is_scalar(kind) or number not in VIDEO_TYPES:
+    if not _is_scalar(kind) or _number(kind) not in VIDEO_TYPES:
         raise InvalidFormat("type must be 1 (video) or 2 (screen share)")
     return VideoRef(antissrc=_ssrc(params.get("antissrc")), seq=params["seq"], type=kind)
 

@@ -108,7 +108,8 @@ class App:
         stream = environ["wsgi.input"]
         length = environ.get("CONTENT_LENGTH") or ""
         if length:
-            if not length.isdecimal():
+            # RFC 9110 §8.6: ASCII digits; 19 of them hold any 63-bit length.
+            if not (length.isascii() and length.isdecimal()) or len(length) > 19:
                 raise InvalidFormat("bad Content-Length")
             if int(length) > self.body_limit:
                 raise BodyTooLarge(f"body over {self.body_limit} bytes")

@@ -51,15 +51,35 @@ def test_quirks_accepted() -> None:
                          "params": {"confId": 123, "antissrc": 503677616, "seq": 7, "type": 2}})
     assert req.method is Method.REQ_AVSYNC and req.conf_id == "123"
     assert req.video == VideoRef(antissrc=503677616, seq=7, type=2)
+    req = parse_request(video_msg(antissrc=" 4294967295 ", type=" 2"))
+    assert req.video == VideoRef(antissrc=0xFFFFFFFF, seq="s", type=" 2")
     assert Header.of({"id": 3, "uuid": UUID, "method": " wxreqavsync\n"}) == Header(
         3, UUID, " wxreqavsync\n")
 
 
 @pytest.mark.parametrize(
-    "body", [b"", b"{", b"\xff\xfe", b"[" * 100_000, b"NaN", b'{"a": Infinity}'])
+    "body", [b"", b"{", b"\xff\xfe", b"[" * 100_000, b"NaN", b'{"a": Infinity}',
+             b'"\xed\xa0\x80"', b'{"id": "\xc3"}', b"1" * 4301])
 def test_undecodable_bodies(body: bytes) -> None:
     with pytest.raises(InvalidFormat):
         decode(body)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"id": "\\ud800", "uuid": "u", "method": "wxjoinconf"}',
+    b'{"id": "1", "uuid": "a\\udfffb", "method": "wxjoinconf"}',
+    b'{"id": "1", "uuid": "u", "method": "wxjoin\\ud83d"}',
+    b'{"id": "1", "params": {"confId": ["\\ude00\\ud83d"]}}',
+    b'{"\\ud800": 1}',
+])
+def test_lone_surrogate_escapes_refused(body: bytes) -> None:
+    """Finding 8: no text that cannot be encoded back gets past decode() to the reply."""
+    with pytest.raises(InvalidFormat):
+        decode(body)
+
+
+def test_surrogate_pairs_accepted() -> None:
+    assert decode(b'{"id": "\\ud83d\\ude00"}') == {"id": "\U0001F600"}
 
 
 def test_bom_tolerated() -> None:
@@ -98,6 +118,21 @@ def test_bom_tolerated() -> None:
 def test_invalid_format(message: object) -> None:
     with pytest.raises(InvalidFormat):
         parse_request(message)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("antissrc", "1" * 4301),           # finding 7: int() raised, the front answered 123
+    ("antissrc", "9" * 100_000),
+    ("antissrc", "\u0661\u0662"),        # Arabic-Indic digits: isdecimal(), not ASCII
+    ("antissrc", " 12345678901 "),
+    ("type", "1" * 4301),
+    ("type", "\uff11"),                 # fullwidth 1
+    ("type", " "),
+], ids=["4301-digits", "100k-digits", "arabic-indic", "11-digits", "type-4301-digits",
+        "type-fullwidth", "type-blank"])
+def test_numbers_are_bounded_ascii_digits(field: str, value: str) -> None:
+    with pytest.raises(InvalidFormat):
+        parse_request(video_msg(**{field: value}))
 
 
 def test_unknown_method() -> None:

@@ -72,6 +72,31 @@ def test_in_band_errors(app: App, body: bytes, code: str) -> None:
     assert set(reply) == {"id", "uuid", "method", "result"}
 
 
+def _video_request(antissrc: object = "1", type_: object = 1) -> bytes:
+    return json.dumps({"id": "1", "uuid": "u", "method": "wxreqvideo", "params": {
+        "confId": "1", "antissrc": antissrc, "seq": "s", "type": type_}}).encode()
+
+
+@pytest.mark.parametrize("body", [
+    # Finding 7: numbers of thousands of digits, or other scripts' digits, were answered 123.
+    _video_request(antissrc="1" * 4301),
+    _video_request(type_="2" * 4301),
+    _video_request(antissrc="\u0661"),
+    # Finding 8: a lone surrogate in id, uuid or method got HTTP 500 with a plain-text body.
+    b'{"id": "\\ud800", "uuid": "u", "method": "wxjoinconf", "params": {"confId": "1"}}',
+    b'{"id": "1", "uuid": "\\ud800", "method": "wxjoinconf", "params": {"confId": "1"}}',
+    b'{"id": "1", "uuid": "u", "method": "\\ud800", "params": {"confId": "1"}}',
+    b'{"id": "1", "uuid": "u\xff", "method": "wxjoinconf", "params": {"confId": "1"}}',
+], ids=["antissrc-4301-digits", "type-4301-digits", "antissrc-arabic-indic", "id-surrogate",
+        "uuid-surrogate", "method-surrogate", "invalid-utf8"])
+def test_hostile_numbers_and_text_answer_111(body: bytes) -> None:
+    status, headers, data = call(App(Harness().front), "/", body)
+    reply = json.loads(data)
+    assert status == "200 OK" and headers["Content-Type"].startswith("application/json")
+    assert set(reply) == {"id", "uuid", "method", "result"}
+    assert reply["result"]["code"] == "111" and reply["result"]["message"]
+
+
 def test_http_level_errors(app: App) -> None:
     status, headers, data = call(app, "/", method="GET")
     assert status.startswith("405") and headers["Allow"] == "POST"
@@ -80,8 +105,9 @@ def test_http_level_errors(app: App) -> None:
     assert status.startswith("413") and json.loads(data)["result"]["code"] == "119"
     status, _, data = call(app, "/", b"{" * 2000, length="")     # chunked: no length
     assert status.startswith("413")
-    status, _, data = call(app, "/", b"{}", length="abc")
-    assert json.loads(data)["result"]["code"] == "111"
+    for length in ("abc", "\u0661", "1" * 5000):
+        status, _, data = call(app, "/", b"{}", length=length)
+        assert status == "200 OK" and json.loads(data)["result"]["code"] == "111"
     status, _, data = call(app, "/nope")
     assert status.startswith("404") and json.loads(data)["result"]["code"] == "121"
 
