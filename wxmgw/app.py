@@ -13,6 +13,7 @@ from wxmgw.config import Config
 from wxmgw.legs.base import LegContext
 from wxmgw.logs import event
 from wxmgw.ports import PortAllocator, parse_port_range
+from wxmgw.rtp.session import LossRepair
 from wxmgw.server import StatusServer, ThriftServer
 from wxmgw.service import Metrics, WxMgwHandler
 
@@ -24,7 +25,15 @@ class Gateway:
         self.config = config
         lo, hi = parse_port_range(config.rtp_ports)
         self.ports = PortAllocator(lo, hi, config.media_ip)
-        self.registry = Registry(LegContext(self.ports, config.media_ip, config.stats_interval))
+        loss = LossRepair(
+            window=config.video_jitter_window,
+            nack_retry=config.nack_retry or None,
+            rtx_payload_type=config.video_rtx_pt or None,
+            history=config.resend_history,
+        )
+        self.registry = Registry(
+            LegContext(self.ports, config.media_ip, config.stats_interval, loss=loss)
+        )
         self.metrics = Metrics()
         Gauge("wxmgw_legs", "Legs running", registry=self.metrics.registry).set_function(
             lambda: len(self.registry.legs())

@@ -22,6 +22,11 @@ class Config:
     log_file: str | None = None
     log_format: str = "json"
     stats_interval: float = 10.0
+    # Loss repair on the RTP side (README "Losses on the RTP side").
+    video_jitter_window: float = 0.25
+    nack_retry: float = 0.08
+    video_rtx_pt: int = 0
+    resend_history: float = 1.0
 
     def check(self) -> Config:
         if self.transport not in ("buffered", "framed"):
@@ -33,6 +38,14 @@ class Config:
                 raise InvalidArgument(f"{name} must be 0-65535")
         if self.stats_interval <= 0:
             raise InvalidArgument("stats-interval must be positive")
+        if not 0 < self.video_jitter_window <= 5:
+            raise InvalidArgument("video-jitter-window must be in (0, 5] seconds")
+        if not 0 <= self.nack_retry < self.video_jitter_window:
+            raise InvalidArgument("nack-retry must be 0 (no NACKs) or below video-jitter-window")
+        if not 0 <= self.video_rtx_pt <= 127:
+            raise InvalidArgument("video-rtx-pt must be 0 (none) or a payload type 1-127")
+        if not 0 <= self.resend_history <= 10:
+            raise InvalidArgument("resend-history must be 0-10 seconds")
         parse_port_range(self.rtp_ports)
         return self
 
@@ -51,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("json", "text"), help="log format (json)")
     parser.add_argument("--stats-interval", type=float,
                         help="seconds between per-leg stats lines (10)")
+    parser.add_argument("--video-jitter-window", type=float,
+                        help="seconds a hole in incoming video is waited for (0.25)")
+    parser.add_argument("--nack-retry", type=float,
+                        help="seconds before a hole is NACKed a second time; 0: no NACKs (0.08)")
+    parser.add_argument("--video-rtx-pt", type=int,
+                        help="payload type of the MAS's RFC 4588 video retransmissions (0: none)")
+    parser.add_argument("--resend-history", type=float,
+                        help="seconds of sent video kept to answer the MAS's NACKs; 0: none (1)")
 
 
 def load(args: argparse.Namespace) -> Config:

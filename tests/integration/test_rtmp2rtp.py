@@ -177,12 +177,13 @@ class MasPeer:
             gevent.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
 
     def send_pli(self, sender_ssrc: int = 0x4D4153) -> None:
+        self.send_video_feedback(rtcp.Pli(sender_ssrc, self.video.packets[-1].ssrc))
+
+    def send_video_feedback(self, packet: rtcp.RtcpPacket) -> None:
+        """One RTCP packet to the RTCP port of the gateway's video (RTP port + 1)."""
         assert self.video.source is not None
-        media_ssrc = self.video.packets[-1].ssrc
         host, port = self.video.source
-        self.video.ctrl.sendto(
-            rtcp.compound([rtcp.Pli(sender_ssrc, media_ssrc)]), (host, port + 1)
-        )
+        self.video.ctrl.sendto(rtcp.compound([packet]), (host, port + 1))
 
     def close(self) -> None:
         gevent.killall(self._greenlets)
@@ -428,6 +429,37 @@ def test_live_server_restart_resumes_without_new_start_pull(
     resumed = time.monotonic() - restarted
     assert resumed < 5.0, f"media resumed {resumed:.1f} s after the restart"
     assert leg_state(gateway, uuid)["stats"]["reconnects"] >= 1
+    stop_pull_and_check_silence(client, gateway, uuid, mas)
+
+
+def test_mas_nack_gets_the_named_video_packets_resent(stream: Publisher,
+                                                     gateway: GatewayProcess, client: Any,
+                                                     mas: MasPeer) -> None:
+    uuid = "mp-nack"
+    start_pull(client, uuid, stream.url, mas, "PCMA")
+    wait_for(partial(has_packets, mas.video, 60), what="video RTP")
+    first = mas.video.packets[0]
+    recent = mas.video.packets[-20:]
+    named = [recent[0], recent[1], recent[7]]
+    mas.send_video_feedback(rtcp.Nack(0x4D4153, first.ssrc, [p.sequence_number for p in named]))
+
+    def resent() -> list[RtpPacket]:
+        numbers = {n.sequence_number for n in named}
+        return [p for p in mas.video.packets if p.sequence_number in numbers]
+
+    wait_for(lambda: len(resent()) >= 2 * len(named), what="named packets resent")
+    for n in named:  # on the wire: the very packet again, same SSRC, number and payload
+        copies = [p for p in resent() if p.sequence_number == n.sequence_number]
+        assert copies == [n, n], (n.sequence_number, len(copies))
+    rtp_stats = leg_state(gateway, uuid)["stats"]["videoRtp"]
+    assert rtp_stats["nack"] == 1 and rtp_stats["resent"] == len(named), rtp_stats
+    # A packet older than the history (1 s) is not resent.
+    wait_for(lambda: mas.video.packets[-1].timestamp - first.timestamp > 2 * 90000
+             if mas.video.packets else False, what="two seconds of video")
+    mas.send_video_feedback(rtcp.Nack(0x4D4153, first.ssrc, [first.sequence_number]))
+    wait_for(lambda: leg_state(gateway, uuid)["stats"]["videoRtp"]["resendMissed"] == 1,
+             what="stale NACK refused")
+    assert leg_state(gateway, uuid)["stats"]["videoRtp"]["resent"] == len(named)
     stop_pull_and_check_silence(client, gateway, uuid, mas)
 
 

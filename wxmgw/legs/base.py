@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from wxmgw.logs import event
 from wxmgw.ports import PortAllocator, PortPair
 from wxmgw.pubsub import ChannelRegistry
+from wxmgw.rtp.session import LossRepair
 
 logger = logging.getLogger("wxmgw.leg")
 
@@ -29,6 +30,7 @@ class LegContext:
     media_ip: str
     stats_interval: float = 10.0
     channels: ChannelRegistry = field(default_factory=ChannelRegistry)
+    loss: LossRepair = field(default_factory=LossRepair)
 
 
 class Leg:

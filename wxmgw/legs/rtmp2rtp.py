@@ -271,7 +271,7 @@ class Rtmp2rtp(Leg):
             video,
             f"{p.uuid}/video",
             remote=(p.mas_ip, p.video_port),
-            send=SendConfig(p.ssrc, p.video.payload_type, VIDEO_CLOCK),
+            send=SendConfig(p.ssrc, p.video.payload_type, VIDEO_CLOCK, self.ctx.loss.history),
             on_feedback=self._on_video_feedback,
             log=self.log,
             cname=p.uuid,
@@ -412,6 +412,9 @@ class Rtmp2rtp(Leg):
                     "rtcpIn": s.rtcp_received,
                     "pli": s.pli_received,
                     "fir": s.fir_received,
+                    "nack": s.nack_received,
+                    "resent": s.resent,
+                    "resendMissed": s.resend_missed,
                 }
         if self.mix_in is not None:
             m = self.mix_in

@@ -41,7 +41,7 @@ from wxmgw.pubsub import Channel, MediaChannels
 from wxmgw.requests import RtpTarget, StartPush
 from wxmgw.rtp.h264 import H264Depacketizer
 from wxmgw.rtp.jitter import Gap
-from wxmgw.rtp.session import ClockOffset, Media, ReceiveConfig, RtpSession
+from wxmgw.rtp.session import ClockOffset, LossRepair, Media, ReceiveConfig, RtpSession
 
 VIDEO_CLOCK_RATE = 90000
 
@@ -73,7 +73,9 @@ class Rtp2rtmp(Leg):
             self.video_pair = self.allocate_pair()
             channels = self.ctx.channels.open(p.uuid)
             offset = ClockOffset()
-            self.video = VideoReceiver(self.video_pair, channels, offset, p.video, self.log)
+            self.video = VideoReceiver(
+                self.video_pair, channels, offset, p.video, self.ctx.loss, self.log
+            )
             self.audio = AudioReceiver(self.audio_pair, channels, offset, p.audio, self.log)
             aac = aac_rate(self.audio.codec.sample_rate)
             self.publisher = self._publisher(channels.audio, channels.video, aac)
@@ -184,10 +186,11 @@ class VideoReceiver(_Receiver):
         channels: MediaChannels,
         offset: ClockOffset,
         target: RtpTarget,
+        loss: LossRepair,
         log: Callable[..., None],
     ) -> None:
         super().__init__(
-            pair, "video", ReceiveConfig(target.payload_type, VIDEO_CLOCK_RATE), offset, log
+            pair, "video", loss.receive(target.payload_type, VIDEO_CLOCK_RATE), offset, log
         )
         self.channel = channels.video
         self.depacketizer = H264Depacketizer()
@@ -214,14 +217,23 @@ class VideoReceiver(_Receiver):
             self.session.request_keyframe()
 
     def stats(self) -> dict[str, Any]:
+        """Frames, keyframe requests, and loss repair: NACKs sent (RTCP packets),
+        sequence numbers asked for, packets recovered (``lost`` is what was
+        given up on)."""
         d = self.depacketizer.stats
         s = self.session.stats
+        assert self.session.jitter is not None
+        j = self.session.jitter.stats
         return {
             **super().stats(),
             "frames": d.access_units,
             "dropped_frames": d.dropped_units,
             "pli_sent": s.pli_sent,
             "fir_sent": s.fir_sent,
+            "nack_sent": s.nack_sent,
+            "nacked": j.nacked,
+            "recovered": j.recovered,
+            "rtx_received": s.rtx_received,
         }
 
 
