@@ -32,7 +32,8 @@ class Gateway:
             history=config.resend_history,
         )
         self.registry = Registry(
-            LegContext(self.ports, config.media_ip, config.stats_interval, loss=loss)
+            LegContext(self.ports, config.media_ip, config.stats_interval, loss=loss,
+                       rtmp=config.rtmp_limits())
         )
         self.metrics = Metrics()
         Gauge("wxmgw_legs", "Legs running", registry=self.metrics.registry).set_function(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from wxmgw.errors import InvalidArgument
+from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.ports import parse_port_range
 
 
@@ -22,6 +23,13 @@ class Config:
     log_file: str | None = None
     log_format: str = "json"
     stats_interval: float = 10.0
+    # What one RTMP session (a pull or a push) may make the gateway hold: a
+    # live server past a limit has its session ended and retried (RtmpLimits).
+    rtmp_max_media_message: int = DEFAULT_LIMITS.max_media_message
+    rtmp_max_command_message: int = DEFAULT_LIMITS.max_command_message
+    rtmp_max_buffered: int = DEFAULT_LIMITS.max_buffered
+    rtmp_max_chunk_streams: int = DEFAULT_LIMITS.max_chunk_streams
+    rtmp_amf0_depth: int = DEFAULT_LIMITS.amf0_depth
     # Loss repair on the RTP side (README "Losses on the RTP side").
     video_jitter_window: float = 0.25
     nack_retry: float = 0.08
@@ -47,7 +55,17 @@ class Config:
         if not 0 <= self.resend_history <= 10:
             raise InvalidArgument("resend-history must be 0-10 seconds")
         parse_port_range(self.rtp_ports)
+        self.rtmp_limits()
         return self
+
+    def rtmp_limits(self) -> RtmpLimits:
+        return RtmpLimits(
+            max_media_message=self.rtmp_max_media_message,
+            max_command_message=self.rtmp_max_command_message,
+            max_buffered=self.rtmp_max_buffered,
+            max_chunk_streams=self.rtmp_max_chunk_streams,
+            amf0_depth=self.rtmp_amf0_depth,
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from wxmgw.media.endpoint import LATENCY_SAMPLES, Backoff, LatencyWindow
+from typing import Any
 
-
-def test_backoff_doubles_to_the_cap_and_resets() -> None:
-    backoff = Backoff(0.5, 8.0)
-    assert [backoff.next() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
-    backoff.reset()
-    assert backoff.next() == 0.5
+from wxmgw.errors import ParseError
+from wxmgw.media.endpoint import LATENCY_SAMPLES, LatencyWindow, RtmpEndpoint
+from wxmgw.supervise import RECONNECTING, RUNNING
 
 
 def test_latency_window_percentiles_over_the_last_samples() -> None:
@@ -21,3 +18,18 @@ def test_latency_window_percentiles_over_the_last_samples() -> None:
     for _ in range(LATENCY_SAMPLES):
         window.add(0.002)
     assert window.percentiles_ms() == [2.0, 2.0]
+
+
+def test_malformed_sessions_are_counted_and_reported_once_per_burst() -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    endpoint = RtmpEndpoint("rtmp://h/live/s", "pull", lambda k, i: events.append((k, i)))
+    assert endpoint.state == RUNNING
+    for _ in range(5):
+        endpoint._failed(ParseError("message of 3000000 bytes (type 9) on chunk stream 6"))
+    assert endpoint.stats.malformed == 5 and endpoint.stats.errors == 5
+    assert [(k, i["malformed"]) for k, i in events] == [("disconnected", 1)]
+    assert endpoint.state == RECONNECTING
+    endpoint._failed(OSError("connection refused"))  # not the server's input: reported
+    assert len(events) == 2 and endpoint.stats.malformed == 5
+    endpoint._connected()
+    assert endpoint.state == RUNNING

@@ -7,15 +7,20 @@ import random
 
 import pytest
 
-from wxmgw.errors import ParseError
+from wxmgw.config import Config
+from wxmgw.errors import InvalidArgument, ParseError
 from wxmgw.media import amf0
 from wxmgw.media.rtmp import (
+    ABORT,
     AUDIO,
+    COMMAND_AMF0,
+    DATA_AMF0,
     SET_CHUNK_SIZE,
     VIDEO,
     ChunkReader,
     ChunkWriter,
     Message,
+    RtmpLimits,
     RtmpUrl,
 )
 from wxmgw.media.rtmp_reader import aac_rate_and_channels
@@ -117,3 +122,106 @@ def test_aac_config(asc: bytes, expected: tuple[int, int]) -> None:
 def test_bad_aac_config(asc: bytes) -> None:
     with pytest.raises(ParseError):
         aac_rate_and_channels(asc)
+
+
+# -- hostile input: every limit is a ParseError (issue #12, findings 2 and 3) -------------------
+
+
+def _nested(depth: int) -> bytes:
+    """``depth`` objects, each the value of the one around it, then a number."""
+    opening = (bytes([0x03]) + b"\x00\x01k") * depth
+    return opening + amf0.encode(1.0) + b"\x00\x00\x09" * depth
+
+
+def test_amf0_nesting_past_the_depth_limit_is_a_parse_error() -> None:
+    assert amf0.decode(_nested(amf0.MAX_DEPTH))
+    with pytest.raises(ParseError, match="nested too deep"):
+        amf0.decode(_nested(amf0.MAX_DEPTH + 1))
+    with pytest.raises(ParseError):  # was RecursionError
+        amf0.decode(_nested(100_000))
+    deep_arrays = (bytes([0x0A]) + (1).to_bytes(4, "big")) * 100_000 + bytes([0x05])
+    with pytest.raises(ParseError):
+        amf0.decode(deep_arrays)
+    assert amf0.decode(_nested(3), max_depth=3)
+    with pytest.raises(ParseError):
+        amf0.decode(_nested(3), max_depth=2)
+
+
+def test_amf0_depth_counts_nesting_not_siblings() -> None:
+    siblings = amf0.encode([{"a": 1.0}] * 1000, {"o": {"p": None}})
+    assert len(amf0.decode(siblings, max_depth=2)[0]) == 1000  # type: ignore[arg-type]
+
+
+def _header(csid: int, length: int, type_id: int = VIDEO) -> bytes:
+    return bytes([csid]) + bytes(3) + length.to_bytes(3, "big") + bytes([type_id]) + bytes(4)
+
+
+def test_many_chunk_streams_of_partial_messages_stop_at_the_buffered_cap() -> None:
+    """Finding 3: 64 chunk streams, each with 1 MB of a message that never ends."""
+    limits = RtmpLimits()
+    reader = ChunkReader(limits)
+    reader.feed(ChunkWriter().chunks(
+        Message(SET_CHUNK_SIZE, 0, 0, (64 << 10).to_bytes(4, "big")), 2))
+    most = 0
+    with pytest.raises(ParseError, match=r"partial messages|chunk streams"):
+        for piece in range(16):  # 64 KiB of each stream's message at a time
+            for csid in range(3, 3 + 64):
+                head = _header(csid, 1 << 20) if piece == 0 else bytes([0xC0 | csid])
+                reader.feed(head + bytes(64 << 10))
+                most = max(most, reader.buffered)
+    assert most <= limits.max_buffered
+
+
+def test_chunk_stream_count_is_capped() -> None:
+    reader = ChunkReader(RtmpLimits(max_chunk_streams=4))
+    for csid in range(3, 7):  # each one's message partial: its first 128-byte chunk
+        reader.feed(_header(csid, 200) + bytes(128))
+    with pytest.raises(ParseError, match="more than 4 chunk streams"):
+        reader.feed(_header(7, 200))
+
+
+@pytest.mark.parametrize(("type_id", "length", "fits"), [
+    (VIDEO, 2 << 20, True),
+    (VIDEO, (2 << 20) + 1, False),
+    (AUDIO, 3 << 20, False),
+    (COMMAND_AMF0, 64 << 10, True),
+    (COMMAND_AMF0, (64 << 10) + 1, False),
+    (DATA_AMF0, 100_000, False),
+    (SET_CHUNK_SIZE, 0xFFFFFF, False),
+])
+def test_message_size_caps_fire_on_the_header(type_id: int, length: int, fits: bool) -> None:
+    """A declared length past its type's cap fails before any of its bytes are kept."""
+    reader = ChunkReader()
+    if fits:
+        assert reader.feed(_header(3, length, type_id)) == []
+    else:
+        with pytest.raises(ParseError, match=f"message of {length} bytes"):
+            reader.feed(_header(3, length, type_id))
+
+
+def test_abort_releases_what_was_buffered() -> None:
+    reader = ChunkReader()
+    reader.feed(_header(5, 1000) + bytes(128))
+    assert reader.buffered == 128
+    abort = ChunkWriter().chunks(Message(ABORT, 0, 0, (5).to_bytes(4, "big")), 2)
+    assert reader.feed(abort)[0].type_id == ABORT
+    assert reader.buffered == 0
+
+
+@pytest.mark.parametrize("bad", [
+    {"max_media_message": 1 << 24},  # a 24-bit length never exceeds it
+    {"max_command_message": 0},
+    {"max_buffered": 1 << 20},  # less than the largest media message
+    {"max_chunk_streams": 0},
+    {"amf0_depth": 0},
+])
+def test_limits_that_could_never_fire_or_always_do_are_refused(bad: dict[str, int]) -> None:
+    with pytest.raises(InvalidArgument):
+        RtmpLimits(**bad)
+
+
+def test_config_carries_the_rtmp_limits() -> None:
+    config = Config(rtmp_max_media_message=1 << 20, rtmp_amf0_depth=8).check()
+    assert config.rtmp_limits() == RtmpLimits(max_media_message=1 << 20, amf0_depth=8)
+    with pytest.raises(InvalidArgument):
+        Config(rtmp_max_media_message=16 << 20).check()

@@ -9,9 +9,11 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from wxmgw.logs import event
+from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.ports import PortAllocator, PortPair
 from wxmgw.pubsub import ChannelRegistry
 from wxmgw.rtp.session import LossRepair
+from wxmgw.supervise import RUNNING
 
 logger = logging.getLogger("wxmgw.leg")
 
@@ -30,6 +32,7 @@ class LegContext:
     media_ip: str
     stats_interval: float = 10.0
     channels: ChannelRegistry = field(default_factory=ChannelRegistry)
+    rtmp: RtmpLimits = DEFAULT_LIMITS
     loss: LossRepair = field(default_factory=LossRepair)
 
 
@@ -78,6 +81,13 @@ class Leg:
     def close_media(self) -> None:
         """Stop the leg's media workers; subclasses extend it."""
 
+    def health(self) -> str:
+        """How the running leg's workers are: ``running``, ``reconnecting`` or ``failed: why``.
+
+        See :mod:`wxmgw.supervise`; subclasses sum up their parts.
+        """
+        return RUNNING
+
     def describe(self) -> dict[str, Any]:
         """The leg's parameters, for the start log line and /monitor/state."""
         return {}
@@ -91,7 +101,7 @@ class Leg:
             "kind": self.kind,
             "uuid": self.uuid,
             "confId": self.conf_id,
-            "state": self.state.value,
+            "state": self.health() if self.state is LegState.RUNNING else self.state.value,
             "ports": [p.port for p in self._pairs],
             **self.describe(),
             "stats": self.stats(),

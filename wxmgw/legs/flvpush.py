@@ -44,8 +44,10 @@ from wxmgw.media.frames import (
     Pcm,
     VideoFrame,
 )
+from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.media.rtmp_writer import RtmpWriter
 from wxmgw.pubsub import Channel, Subscription
+from wxmgw.supervise import Worker, worst
 
 #: Audio quiet this long past a slot's expected arrival is replaced by silence.
 QUIET: Final = 0.06
@@ -201,6 +203,9 @@ class FlvPublisher:
     :class:`AvInterleaver` and hand its output to an :class:`RtmpWriter`
     (in its own greenlet, reconnecting with backoff). A video channel
     given at start or by :meth:`set_video` starts at its cached keyframe.
+    Each greenlet is a :class:`~wxmgw.supervise.Worker`: an unexpected
+    exception is logged (``flv_worker_crashed``, with the traceback),
+    counted, and the pump runs again after a backoff.
     """
 
     def __init__(
@@ -213,6 +218,7 @@ class FlvPublisher:
         name: str,
         aac_rate: int = AUDIO_RATE,
         clock: Callable[[], float] = time.monotonic,
+        limits: RtmpLimits = DEFAULT_LIMITS,
     ) -> None:
         self.url = url
         self.name = name
@@ -222,12 +228,13 @@ class FlvPublisher:
         self._video = video
         self._writer = RtmpWriter(
             url, name=name, on_event=self._on_event, video=video is not None, audio=True,
-            aac_rate=aac_rate,
+            aac_rate=aac_rate, limits=limits,
         )
         self._av = AvInterleaver(clock())
-        self._greenlets: dict[str, gevent.Greenlet] = {}
+        self._workers: dict[str, Worker] = {}
         self._subs: dict[str, Subscription[Any]] = {}
         self._closed = False
+        self.crashes = 0
 
     def start(self) -> None:
         self._av.base = self._clock()
@@ -258,6 +265,11 @@ class FlvPublisher:
         self._writer.close()
         gevent.spawn(self._writer.join)  # releases the writer's hub inbox once it has ended
 
+    @property
+    def state(self) -> str:
+        """The writer's and the pumps' state (:func:`~wxmgw.supervise.worst`)."""
+        return worst([self._writer.state, *(w.state for w in self._workers.values())])
+
     def stats(self) -> dict[str, Any]:
         w = self._writer.stats
         return {
@@ -266,19 +278,24 @@ class FlvPublisher:
             "rtmp_bytes": w.bytes,
             "reconnects": w.reconnects,
             "rtmp_errors": w.errors,
+            "rtmp_malformed": w.malformed,
             "rtmp_dropped": w.dropped,
+            "crashes": self.crashes + w.crashes,
             "added_latency_ms": self._writer.latency_ms(),
         }
 
     def _follow(self, kind: str, channel: Channel[Any]) -> None:
         sub: Subscription[Any] = channel.subscribe(name=f"{self.name}/flv")
         self._subs[kind] = sub
-        self._greenlets[kind] = gevent.spawn(self._pump, sub, kind == "video")
+        self._workers[kind] = Worker(
+            lambda: self._pump(sub, kind == "video"),
+            lambda error, retry_in: self._crashed(kind, error, retry_in),
+        )
 
     def _unfollow(self, kind: str) -> None:
-        greenlet = self._greenlets.pop(kind, None)
-        if greenlet is not None:
-            greenlet.kill(block=False)
+        worker = self._workers.pop(kind, None)
+        if worker is not None:
+            worker.kill()
         sub = self._subs.pop(kind, None)
         if sub is not None:
             sub.close()
@@ -317,6 +334,11 @@ class FlvPublisher:
             else:
                 writer.write_audio(frame, pts)
 
+    def _crashed(self, kind: str, error: BaseException, retry_in: float) -> None:
+        self.crashes += 1
+        self._log("flv_worker_crashed", logging.ERROR, stream=self.name, worker=kind,
+                  error=f"{type(error).__name__}: {error}", retry_in=retry_in, exc=error)
+
     def _on_event(self, kind: str, info: dict[str, Any]) -> None:
-        level = logging.WARNING if kind == "disconnected" else logging.INFO
+        level = {"disconnected": logging.WARNING, "crashed": logging.ERROR}.get(kind, logging.INFO)
         self._log(f"rtmp_push_{kind}", level, stream=self.name, url=self.url, **info)

@@ -11,6 +11,10 @@ pull's lag behind its arrival by however long FFmpeg probed the stream), so
 the mixer re-stamps each frame with the tick that takes it in: lateness is
 judged by how long a frame waited here, and the mix is stamped with the
 time it is made.
+
+The greenlet is a :class:`~wxmgw.supervise.Worker`: an unexpected exception
+in a tick is logged (``mixer_crashed``, with the traceback), counted, and
+the mixer ticks again after a backoff.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from wxmgw.logs import event
 from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AudioFrame
 from wxmgw.media.mixer import Mixer
 from wxmgw.pubsub import Channel, Subscription
+from wxmgw.supervise import RUNNING, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +47,10 @@ class RoomMixer:
         self._sources: dict[str, Subscription[AudioFrame]] = {}
         self._sinks: dict[str, Channel[AudioFrame]] = {}
         self._delays: dict[str, float] = {}
-        self._greenlet: gevent.Greenlet | None = None
+        self._worker: Worker | None = None
         self.ticks = 0
         self.overruns = 0
+        self.crashes = 0
 
     def __len__(self) -> int:
         return len(self._sinks)
@@ -57,8 +63,8 @@ class RoomMixer:
         self.mixer.add_source(uuid)
         self.mixer.add_listener(uuid)
         event(logger, "mixer_joined", confId=self.conf_id, uuid=uuid, members=len(self._sinks))
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
+        if self._worker is None:
+            self._worker = Worker(self._run, self._crashed)
 
     def remove(self, uuid: str) -> None:
         sub = self._sources.pop(uuid, None)
@@ -80,14 +86,16 @@ class RoomMixer:
             self.mixer.remove_source(uuid)
         self._sinks.clear()
         self._delays.clear()
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
+        if self._worker is not None:
+            self._worker.kill()
+            self._worker = None
 
     def stats(self) -> dict[str, Any]:
         return {
+            "state": self._worker.state if self._worker is not None else RUNNING,
             "ticks": self.ticks,
             "overruns": self.overruns,
+            "crashes": self.crashes,
             "sources": {k: asdict(s) for k, s in self.mixer.stats().items()},
         }
 
@@ -130,6 +138,11 @@ class RoomMixer:
             known += (delay - known) * DELAY_CREEP
         self._delays[uuid] = known
         return known
+
+    def _crashed(self, error: BaseException, retry_in: float) -> None:
+        self.crashes += 1
+        event(logger, "mixer_crashed", logging.ERROR, exc=error, confId=self.conf_id,
+              error=f"{type(error).__name__}: {error}", retry_in=retry_in)
 
     def _run(self) -> None:
         # Mix a little behind real time, so a frame captured "now" is in its window.

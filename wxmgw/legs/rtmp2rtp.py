@@ -56,6 +56,7 @@ from wxmgw.rtp import rtcp
 from wxmgw.rtp.h264 import H264Packetizer
 from wxmgw.rtp.jitter import Gap
 from wxmgw.rtp.session import Media, ReceiveConfig, RtpSession, SendConfig
+from wxmgw.supervise import worst
 
 #: RFC 6184 §8.2.1: H.264 RTP timestamps run at 90 kHz.
 VIDEO_CLOCK: Final = 90000
@@ -246,7 +247,7 @@ class Rtmp2rtp(Leg):
             aac = aac_rate(self._audio_rate)
             self._mix_out = FlvPublisher(
                 p.push_audio_url, audio=self.mix, video=None, log=self.log,
-                name=f"mix {p.uuid}", aac_rate=aac,
+                name=f"mix {p.uuid}", aac_rate=aac, limits=self.ctx.rtmp,
             )
             self._mix_out.start()
         self._reader = RtmpReader(
@@ -256,6 +257,7 @@ class Rtmp2rtp(Leg):
             on_event=self._on_reader_event,
             name=f"pull {p.uuid}",
             audio_rate=self._audio_rate,
+            limits=self.ctx.rtmp,
         )
         self._reader.start()
         super().start()
@@ -347,6 +349,9 @@ class Rtmp2rtp(Leg):
         elif kind == "unsupported_codec":
             self.last_error = f"unsupported {info.get('kind')} codec {info.get('codec')}"
             self.log("unsupported_codec", logging.ERROR, **info)
+        elif kind == "crashed":
+            self.last_error = str(info.get("error", ""))
+            self.log("pull_crashed", logging.ERROR, **info)
 
     def _send(self, send: Callable[[F], None], frame: F) -> None:
         try:
@@ -369,6 +374,11 @@ class Rtmp2rtp(Leg):
             )
 
     # -- reporting ---------------------------------------------------------------------
+
+    def health(self) -> str:
+        """The pull's state and the mix push's."""
+        parts = (self._reader, self._mix_out)
+        return worst(part.state for part in parts if part is not None)
 
     def describe(self) -> dict[str, Any]:
         p = self.params
@@ -395,7 +405,8 @@ class Rtmp2rtp(Leg):
         out: dict[str, Any] = {"framesIn": dict(self._frames_in)}
         if self._reader is not None:
             r = self._reader.stats
-            out.update(reconnects=r.reconnects, readErrors=r.errors)
+            out.update(reconnects=r.reconnects, readErrors=r.errors, malformed=r.malformed,
+                       crashes=r.crashes)
             out["addedLatencyMs"] = self._reader.latency_ms()
         mix_out = self._mix_out.stats() if self._mix_out is not None else None
         offset = None

@@ -90,7 +90,7 @@ class Rtp2rtmp(Leg):
         """The push, with AAC at ``aac`` Hz: as wide as the member's audio (silence: narrow)."""
         return FlvPublisher(
             self.params.push_url, audio=audio, video=video, log=self.log,
-            name=f"rtp2rtmp/{self.uuid}", aac_rate=aac,
+            name=f"rtp2rtmp/{self.uuid}", aac_rate=aac, limits=self.ctx.rtmp,
         )
 
     def close_media(self) -> None:
@@ -106,6 +106,9 @@ class Rtp2rtmp(Leg):
         if self.audio_pair is None or self.video_pair is None:
             return 0, 0
         return self.audio_pair.port, self.video_pair.port
+
+    def health(self) -> str:
+        return self.publisher.state if self.publisher is not None else super().health()
 
     def describe(self) -> dict[str, Any]:
         p = self.params

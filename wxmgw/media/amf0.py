@@ -2,7 +2,12 @@
 
 Only what RTMP commands use: numbers, booleans, strings, objects, null,
 undefined, ECMA and strict arrays, dates and long strings. Decoding bytes
-from the network raises only :class:`~wxmgw.errors.ParseError`.
+from the network raises only :class:`~wxmgw.errors.ParseError`, also for
+objects and arrays nested deeper than ``max_depth`` (the specification sets
+no limit; a server's nesting would otherwise reach Python's recursion limit).
+How large a command may be is the chunk stream's to bound
+(:class:`~wxmgw.media.rtmp.RtmpLimits`): decoding takes time and memory in
+proportion to its input.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ _STRICT_ARRAY: Final = 0x0A
 _DATE: Final = 0x0B
 _LONG_STRING: Final = 0x0C
 _DOUBLE = struct.Struct(">d")
+#: How deep objects and arrays may nest in a decoded value, by default.
+MAX_DEPTH: Final = 32
 
 
 def encode(*values: Value) -> bytes:
@@ -56,9 +63,9 @@ def _short_string(text: str) -> bytes:
     return struct.pack(">H", len(raw)) + raw
 
 
-def decode(data: bytes) -> list[Value]:
-    """Every value of ``data``, in order."""
-    reader = _Reader(data)
+def decode(data: bytes, max_depth: int = MAX_DEPTH) -> list[Value]:
+    """Every value of ``data``, in order; objects and arrays nest at most ``max_depth`` deep."""
+    reader = _Reader(data, max_depth)
     values = []
     while reader.pos < len(data):
         values.append(reader.value())
@@ -66,11 +73,12 @@ def decode(data: bytes) -> list[Value]:
 
 
 class _Reader:
-    __slots__ = ("data", "pos")
+    __slots__ = ("data", "depth", "pos")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, max_depth: int) -> None:
         self.data = data
         self.pos = 0
+        self.depth = max_depth  # how many more levels of nesting may open
 
     def take(self, n: int) -> bytes:
         end = self.pos + n
@@ -87,14 +95,28 @@ class _Reader:
         except UnicodeDecodeError as e:
             raise ParseError(f"AMF0 string is not UTF-8: {e}") from None
 
+    def nest(self) -> None:
+        if self.depth == 0:
+            raise ParseError(f"AMF0 values nested too deep at byte {self.pos}")
+        self.depth -= 1
+
     def properties(self) -> dict[str, Value]:
+        self.nest()
         out: dict[str, Value] = {}
         while True:
             key = self.string()
             if not key and self.data[self.pos : self.pos + 1] == bytes([_OBJECT_END]):
                 self.pos += 1
+                self.depth += 1
                 return out
             out[key] = self.value()
+
+    def array(self) -> list[Value]:
+        count = int.from_bytes(self.take(4), "big")
+        self.nest()
+        out = [self.value() for _ in range(count)]
+        self.depth += 1
+        return out
 
     def value(self) -> Value:
         marker = self.take(1)[0]
@@ -114,7 +136,7 @@ class _Reader:
             self.take(4)  # an approximate count; the end marker is what counts
             return self.properties()
         if marker == _STRICT_ARRAY:
-            return [self.value() for _ in range(int.from_bytes(self.take(4), "big"))]
+            return self.array()
         if marker == _DATE:
             ms = float(_DOUBLE.unpack(self.take(8))[0])
             self.take(2)  # time zone, unused (AMF0 §2.13)

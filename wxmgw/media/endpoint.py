@@ -1,8 +1,8 @@
 """What the RTMP reader and writer share: counters, reconnect backoff, events.
 
-Both run a session in a greenlet of their own and retry it with
-:class:`Backoff` until closed; what happens to a session is reported as an
-event (logged, then handed to the leg).
+Both run a session in a :class:`~wxmgw.supervise.Worker` of their own and
+retry it with :class:`~wxmgw.supervise.Backoff` until closed; what happens
+to a session is reported as an event (logged, then handed to the leg).
 """
 
 from __future__ import annotations
@@ -15,39 +15,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from wxmgw.errors import ParseError
+from wxmgw.supervise import RECONNECTING, RUNNING, Backoff, Worker
+
 logger = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 
-BACKOFF_INITIAL: Final = 0.5
-BACKOFF_MAX: Final = 8.0
 #: How many recent samples a :class:`LatencyWindow` keeps.
 LATENCY_SAMPLES: Final = 1000
-
-
-class Backoff:
-    """Reconnect delays: ``initial`` doubling up to ``maximum``; ``reset()`` after a success."""
-
-    def __init__(self, initial: float = BACKOFF_INITIAL, maximum: float = BACKOFF_MAX) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self._next = initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(delay * 2, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial
+#: Sessions ended by malformed or oversized input are reported at most once per this many seconds.
+MALFORMED_REPORT_INTERVAL: Final = 30.0
+_LEVELS: Final = {"disconnected": logging.WARNING, "unsupported_codec": logging.WARNING,
+                  "crashed": logging.ERROR}
 
 
 @dataclass(slots=True)
 class RtmpStats:
     """Counters of one reader or writer.
 
-    ``errors`` counts skipped corrupt packets and failed sessions; ``dropped``
-    counts writes refused because the writer's queue was full.
+    ``errors`` counts skipped corrupt packets and failed sessions;
+    ``malformed`` the sessions ended by what the server sent (a
+    :class:`~wxmgw.errors.ParseError`: garbage, or past the
+    :class:`~wxmgw.media.rtmp.RtmpLimits`); ``crashes`` the unexpected
+    exceptions that restarted a worker; ``dropped`` the writes refused
+    because the writer's queue was full.
     """
 
     packets: int = 0
@@ -55,6 +47,8 @@ class RtmpStats:
     frames: int = 0
     reconnects: int = 0
     errors: int = 0
+    malformed: int = 0
+    crashes: int = 0
     dropped: int = 0
     last_error: str = ""
 
@@ -62,8 +56,11 @@ class RtmpStats:
 class RtmpEndpoint:
     """What RTMP readers and writers share: counters, reconnect backoff, events, latency.
 
-    Events reach ``on_event`` logged first. :attr:`latency` keeps, per stream,
-    how long each frame spent in the gateway; each side says from where to where.
+    Events reach ``on_event`` logged first; ``disconnected`` by malformed
+    input at most once per :data:`MALFORMED_REPORT_INTERVAL` (with the count
+    so far), ``crashed`` (``error``, ``retry_in``, ``exc``) for each
+    unexpected exception. :attr:`latency` keeps, per stream, how long each
+    frame spent in the gateway; each side says from where to where.
     """
 
     def __init__(self, url: str, name: str, on_event: EventCallback) -> None:
@@ -74,6 +71,9 @@ class RtmpEndpoint:
         self._closing = False
         self._backoff = Backoff()
         self._sessions = 0
+        self._down = False
+        self._malformed_reported = float("-inf")
+        self._worker: Worker | None = None
         self.latency = {"video": LatencyWindow(), "audio": LatencyWindow()}
 
     def latency_ms(self) -> dict[str, list[float] | None]:
@@ -84,9 +84,25 @@ class RtmpEndpoint:
         """One ``kind`` frame's latency: from ``since`` (``time.perf_counter()``) to now."""
         self.latency[kind].add(time.perf_counter() - since)
 
+    @property
+    def state(self) -> str:
+        """``running``, ``reconnecting`` or ``failed: why`` (:mod:`wxmgw.supervise`)."""
+        if self._worker is not None and self._worker.failure:
+            return self._worker.state
+        return RECONNECTING if self._down else RUNNING
+
+    def _spawn(self, target: Callable[[], None]) -> Worker:
+        return Worker(target, self._crashed)
+
+    def _crashed(self, error: BaseException, retry_in: float) -> None:
+        """A worker's unexpected exception: counted, reported with its traceback."""
+        self.stats.crashes += 1
+        self.stats.last_error = f"{type(error).__name__}: {error}"
+        self._event("crashed", error=self.stats.last_error, retry_in=retry_in, exc=error)
+
     def _event(self, kind: str, /, **info: Any) -> None:
         """Log ``kind`` and report it to ``on_event``."""
-        level = logging.WARNING if kind in ("disconnected", "unsupported_codec") else logging.INFO
+        level = _LEVELS.get(kind, logging.INFO)
         logger.log(level, "%s %s %s %s", self.name, kind, self.url, info)
         self._on_event(kind, info)
 
@@ -94,13 +110,23 @@ class RtmpEndpoint:
         if self._sessions:
             self.stats.reconnects += 1
         self._sessions += 1
+        self._down = False
 
     def _failed(self, error: BaseException) -> float:
         """Count a failed session and return how long to wait before the next one."""
         self.stats.errors += 1
         self.stats.last_error = str(error) or type(error).__name__
+        self._down = True
         delay = self._backoff.next()
-        self._event("disconnected", error=self.stats.last_error, retry_in=delay)
+        if not isinstance(error, ParseError):
+            self._event("disconnected", error=self.stats.last_error, retry_in=delay)
+            return delay
+        self.stats.malformed += 1
+        now = time.monotonic()
+        if now - self._malformed_reported >= MALFORMED_REPORT_INTERVAL:
+            self._malformed_reported = now
+            self._event("disconnected", error=self.stats.last_error, retry_in=delay,
+                        malformed=self.stats.malformed)
         return delay
 
 

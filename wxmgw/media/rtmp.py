@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import gevent
 
-from wxmgw.errors import ParseError
+from wxmgw.errors import InvalidArgument, ParseError
 from wxmgw.media import amf0
 
 # Message type ids (§5.4, §7.1).
@@ -40,6 +40,9 @@ AUDIO: Final = 8
 VIDEO: Final = 9
 DATA_AMF0: Final = 18
 COMMAND_AMF0: Final = 20
+AGGREGATE: Final = 22
+#: The message types that carry media, which :attr:`RtmpLimits.max_media_message` bounds.
+_MEDIA_TYPES: Final = frozenset((AUDIO, VIDEO, AGGREGATE))
 
 # User control events (§6.2).
 _STREAM_BEGIN: Final = 0
@@ -53,7 +56,8 @@ _HANDSHAKE_SIZE: Final = 1536
 _DEFAULT_CHUNK_SIZE: Final = 128
 _OUR_CHUNK_SIZE: Final = 4096
 _MAX_CHUNK_SIZE: Final = 0x7FFFFFFF
-_MAX_MESSAGE: Final = 16 << 20
+#: A message header's 24-bit length can declare up to this (§5.3.1.2.1).
+_MAX_LENGTH: Final = 0xFFFFFF
 _EXTENDED: Final = 0xFFFFFF
 _CONTROL_CSID: Final = 2
 _COMMAND_CSID: Final = 3
@@ -75,6 +79,43 @@ class Message:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class RtmpLimits:
+    """How much one RTMP session may make the gateway hold; past a limit, :class:`ParseError`.
+
+    The chunk stream itself bounds little: up to 65,599 chunk stream ids
+    (§5.3.1.1), each with a partial message of up to 16 MB (the message
+    header's 24-bit length, §5.3.1.2.1). A message's length is checked as its
+    header arrives, before any of its bytes are kept. Commands, data and
+    control messages (everything but audio, video and aggregates) are small:
+    their cap is much lower. ``amf0_depth`` bounds the nesting of a decoded
+    command (:func:`~wxmgw.media.amf0.decode`).
+    """
+
+    max_media_message: int = 2 << 20
+    max_command_message: int = 64 << 10
+    #: Partial messages of all chunk streams together, and the chunk being waited for.
+    max_buffered: int = 4 << 20
+    max_chunk_streams: int = 32
+    amf0_depth: int = amf0.MAX_DEPTH
+
+    def __post_init__(self) -> None:
+        for name in ("max_media_message", "max_command_message"):
+            if not 1 <= getattr(self, name) <= _MAX_LENGTH:
+                raise InvalidArgument(f"rtmp {name} must be 1-{_MAX_LENGTH} (a 24-bit length)")
+        if self.max_buffered < max(self.max_media_message, self.max_command_message):
+            raise InvalidArgument("rtmp max_buffered must hold the largest message")
+        if self.max_chunk_streams < 1 or self.amf0_depth < 1:
+            raise InvalidArgument("rtmp max_chunk_streams and amf0_depth must be positive")
+
+    def max_message(self, type_id: int) -> int:
+        """The largest message of type ``type_id`` a session takes."""
+        return self.max_media_message if type_id in _MEDIA_TYPES else self.max_command_message
+
+
+DEFAULT_LIMITS: Final = RtmpLimits()
+
+
 @dataclass(slots=True)
 class _InStream:
     """What a chunk stream id remembers between chunks (§5.3.1.2)."""
@@ -89,12 +130,25 @@ class _InStream:
 
 
 class ChunkReader:
-    """Chunks in, messages out; Set Chunk Size and Abort are applied as they arrive."""
+    """Chunks in, messages out; Set Chunk Size and Abort are applied as they arrive.
 
-    def __init__(self) -> None:
+    What it holds is bounded by ``limits``: a peer past one gets a
+    :class:`ParseError` as soon as the header that crosses it has arrived.
+    Past the buffered partial messages, it keeps at most one received
+    buffer's worth of bytes that do not make a whole chunk yet.
+    """
+
+    def __init__(self, limits: RtmpLimits = DEFAULT_LIMITS) -> None:
         self.chunk_size = _DEFAULT_CHUNK_SIZE
+        self.limits = limits
         self._buf = bytearray()
         self._streams: dict[int, _InStream] = {}
+        self._buffered = 0  # bytes of partial messages, all chunk streams together
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: partial messages and received bytes not parsed yet."""
+        return self._buffered + len(self._buf)
 
     def feed(self, data: bytes) -> list[Message]:
         """Take received bytes; return the messages they complete, in order."""
@@ -126,6 +180,8 @@ class ChunkReader:
         if state is None:
             if fmt != 0:
                 raise ParseError(f"chunk stream {csid} starts with a type {fmt} chunk")
+            if len(self._streams) >= self.limits.max_chunk_streams:
+                raise ParseError(f"more than {self.limits.max_chunk_streams} chunk streams")
             state = self._streams[csid] = _InStream()
         ts = int.from_bytes(buf[pos : pos + 3], "big") if fmt < 3 else 0
         if fmt < 3:
@@ -135,9 +191,17 @@ class ChunkReader:
                 return None
             ts = int.from_bytes(buf[pos + header : pos + header + 4], "big")
         new_message = not state.body
-        length = int.from_bytes(buf[pos + 3 : pos + 6], "big") if fmt < 2 else state.length
+        length = state.length
+        if fmt < 2:
+            length = int.from_bytes(buf[pos + 3 : pos + 6], "big")
+            if length > self.limits.max_message(buf[pos + 6]):
+                raise ParseError(
+                    f"message of {length} bytes (type {buf[pos + 6]}) on chunk stream {csid}"
+                )
         remaining = length if new_message else state.length - len(state.body)
         take = min(self.chunk_size, remaining)
+        if self._buffered + take > self.limits.max_buffered:
+            raise ParseError(f"more than {self.limits.max_buffered} bytes of partial messages")
         start = pos + header + (4 if state.extended else 0)
         if start + take > len(buf):
             return None
@@ -145,8 +209,6 @@ class ChunkReader:
         if fmt < 2:
             state.length = length
             state.type_id = buf[pos + 6]
-            if length > _MAX_MESSAGE:
-                raise ParseError(f"message of {length} bytes on chunk stream {csid}")
         if fmt == 0:
             state.stream_id = int.from_bytes(buf[pos + 7 : pos + 11], "little")
             state.timestamp, state.delta = ts, 0
@@ -156,8 +218,10 @@ class ChunkReader:
         elif new_message:  # type 3 starting a message: the previous delta again
             state.timestamp = (state.timestamp + state.delta) & 0xFFFFFFFF
         state.body += buf[start : start + take]
+        self._buffered += take
         if len(state.body) >= state.length:
             message = Message(state.type_id, state.stream_id, state.timestamp, bytes(state.body))
+            self._buffered -= len(state.body)
             state.body.clear()
             self._control(message)
             out.append(message)
@@ -172,6 +236,7 @@ class ChunkReader:
         elif message.type_id == ABORT and len(message.payload) >= 4:
             state = self._streams.get(int.from_bytes(message.payload[:4], "big"))
             if state is not None:
+                self._buffered -= len(state.body)
                 state.body.clear()
 
 
@@ -239,15 +304,16 @@ class RtmpClient:
     starts a live publication that :meth:`send` feeds. ``timeout`` bounds
     the whole opening (an :class:`RtmpError` past it) and every send. Socket
     errors and timeouts propagate (``OSError``); a refusal or the end of the
-    stream is :class:`RtmpError`; garbage from the server is :class:`ParseError`.
+    stream is :class:`RtmpError`; garbage from the server, or more than
+    ``limits`` allow, is :class:`ParseError`.
     """
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, limits: RtmpLimits = DEFAULT_LIMITS) -> None:
         self.url = RtmpUrl.parse(url)
         self.bytes_received = 0
         self._timeout = timeout
         self._sock: socket.socket | None = None
-        self._reader = ChunkReader()
+        self._reader = ChunkReader(limits)
         self._writer = ChunkWriter()
         self._pending: deque[Message] = deque()
         self._stream_id = 0
@@ -405,7 +471,7 @@ class RtmpClient:
         """The code of an onStatus command; raises for an error or the end of play."""
         if message.type_id != COMMAND_AMF0:
             return ""
-        values = amf0.decode(message.payload)
+        values = amf0.decode(message.payload, self._reader.limits.amf0_depth)
         if not values or values[0] != "onStatus":
             return ""
         info = values[3] if len(values) > 3 and isinstance(values[3], dict) else {}
@@ -421,7 +487,7 @@ class RtmpClient:
             message = self._next()
             if message.type_id != COMMAND_AMF0:
                 continue
-            values = amf0.decode(message.payload)
+            values = amf0.decode(message.payload, self._reader.limits.amf0_depth)
             if len(values) < 2 or values[1] != float(self._transaction):
                 continue
             if values[0] == "_error":

@@ -22,7 +22,7 @@ import gevent
 from wxmgw.errors import MediaError, ParseError
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Pcm, VideoFrame
-from wxmgw.media.rtmp import AUDIO, VIDEO, RtmpClient, RtmpError
+from wxmgw.media.rtmp import AUDIO, DEFAULT_LIMITS, VIDEO, RtmpClient, RtmpError, RtmpLimits
 from wxmgw.media.transcode import AudioDecoder, PcmFramer
 from wxmgw.rtp.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
 
@@ -55,9 +55,12 @@ class RtmpReader(RtmpEndpoint):
     stream does not repeat them in-band), so any consumer can start on it.
 
     Events: ``connected``, ``disconnected`` (with ``error`` and ``retry_in``:
-    also when the stream is not published yet), ``unsupported_codec``. The
-    session is retried with :class:`~wxmgw.media.endpoint.Backoff` until
-    :meth:`close`. Every callback runs in the reader's greenlet.
+    also when the stream is not published yet), ``unsupported_codec``,
+    ``crashed``. The session is retried with
+    :class:`~wxmgw.supervise.Backoff` until :meth:`close`; the delays start
+    over once a session has brought media. A server past ``limits`` ends its
+    session like any malformed input. Every callback runs in the reader's
+    greenlet, a :class:`~wxmgw.supervise.Worker`.
 
     :attr:`latency` times each message from the moment it is read to the
     moment its frames' callbacks have returned (for a leg, when their RTP is
@@ -76,32 +79,30 @@ class RtmpReader(RtmpEndpoint):
         open_timeout: float = 10.0,
         read_timeout: float = 3.0,
         audio_rate: int = AUDIO_RATE,
+        limits: RtmpLimits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__(url, name, on_event)
         self.audio_rate = audio_rate
+        self.limits = limits
         self._on_video = on_video
         self._on_audio = on_audio
         self._open_timeout = open_timeout
         self._read_timeout = read_timeout
         self._reported: set[tuple[str, str]] = set()
-        self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
+        if self._worker is None:
+            self._worker = self._spawn(self._run)
 
     def close(self) -> None:
         """Stop at once: the session's socket is closed as the greenlet ends."""
         self._closing = True
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
+        if self._worker is not None:
+            self._worker.kill()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the reader has stopped; True if it has."""
-        if self._greenlet is not None:
-            self._greenlet.join(timeout)
-            return self._greenlet.dead
-        return True
+        return self._worker is None or self._worker.join(timeout)
 
     def _run(self) -> None:
         while not self._closing:
@@ -113,17 +114,20 @@ class RtmpReader(RtmpEndpoint):
             gevent.sleep(self._failed(error))
 
     def _session(self) -> None:
-        client = RtmpClient(self.url, self._open_timeout)
+        client = RtmpClient(self.url, self._open_timeout, self.limits)
         try:
             client.play(self._read_timeout)
             self._connected()
-            self._backoff.reset()
             self._event("connected")
             flv = _FlvToFrames(time.monotonic(), self.audio_rate)
+            media = False
             while True:
                 message = client.read()
                 if message.type_id not in (AUDIO, VIDEO) or not message.payload:
                     continue
+                if not media:
+                    media = True
+                    self._backoff.reset()
                 self.stats.packets += 1
                 self.stats.bytes += len(message.payload)
                 read = time.perf_counter()

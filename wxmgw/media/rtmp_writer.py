@@ -22,16 +22,24 @@ from dataclasses import dataclass
 from typing import Final
 
 import av.error
-import gevent
 import gevent.event
 
 from wxmgw.errors import MediaError, ParseError
 from wxmgw.media import amf0, flv
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint, RtmpStats
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
-from wxmgw.media.rtmp import AUDIO, DATA_AMF0, VIDEO, RtmpClient, RtmpError
+from wxmgw.media.rtmp import (
+    AUDIO,
+    DATA_AMF0,
+    DEFAULT_LIMITS,
+    VIDEO,
+    RtmpClient,
+    RtmpError,
+    RtmpLimits,
+)
 from wxmgw.media.transcode import AudioEncoder
 from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, to_avcc
+from wxmgw.supervise import CrashReport, Worker
 
 #: An audio timestamp further than this (ms) from the sample counter is a gap.
 _AUDIO_RESYNC_MS: Final = 200
@@ -89,8 +97,11 @@ class RtmpWriter(RtmpEndpoint):
     with fresh sequence headers. :meth:`close` flushes what is queued and ends
     the publication.
 
-    Events: ``connected`` (``video``, ``audio``), ``disconnected`` (``error``, ``retry_in``).
-    Opening a publication and each send are bounded by ``timeout``.
+    Events: ``connected`` (``video``, ``audio``), ``disconnected`` (``error``,
+    ``retry_in``), ``crashed``. Opening a publication and each send are
+    bounded by ``timeout``; what the server sends, by ``limits``. The
+    writer's greenlet and the publication's listener are
+    :class:`~wxmgw.supervise.Worker` s.
 
     :attr:`latency` times frames that came from the network (``arrived``)
     from their arrival to their tag sent: a video frame's own tag; for audio,
@@ -109,6 +120,7 @@ class RtmpWriter(RtmpEndpoint):
         queue_size: int = 256,
         timeout: float = 10.0,
         aac_rate: int = AUDIO_RATE,
+        limits: RtmpLimits = DEFAULT_LIMITS,
     ) -> None:
         if not (video or audio):
             raise ValueError("a writer needs at least one stream")
@@ -116,12 +128,12 @@ class RtmpWriter(RtmpEndpoint):
         self.audio = audio
         self.video = video
         self.aac_rate = aac_rate
+        self.limits = limits
         self._queue: deque[object] = deque()
         self._queue_size = queue_size
         self._video_gap = False
         self._timeout = timeout
         self._ready = gevent.event.Event()
-        self._greenlet: gevent.Greenlet | None = None
         # the writer's greenlet
         self._publication: _Publication | None = None
         self._retry_at = 0.0
@@ -131,15 +143,12 @@ class RtmpWriter(RtmpEndpoint):
     # --- callers' side ----------------------------------------------------------
 
     def start(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
+        if self._worker is None:
+            self._worker = self._spawn(self._run)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the writer has flushed and stopped; True if it has."""
-        if self._greenlet is not None:
-            self._greenlet.join(timeout)
-            return self._greenlet.dead
-        return True
+        return self._worker is None or self._worker.join(timeout)
 
     def write_video(self, frame: VideoFrame, pts_ms: int) -> None:
         """Queue an access unit (SPS and PPS in-band before keyframes) for the video tags."""
@@ -245,11 +254,13 @@ class RtmpWriter(RtmpEndpoint):
     def _open(self, video: bool, base_ms: int) -> _Publication | None:
         if time.monotonic() < self._retry_at:
             return None
-        client = RtmpClient(self.url, self._timeout)
+        client = RtmpClient(self.url, self._timeout, self.limits)
         try:
             client.publish()
             encoder = AudioEncoder("AAC", self.aac_rate) if self.audio else None
-            self._publication = _Publication(client, encoder, video, base_ms, self.stats)
+            self._publication = _Publication(
+                client, encoder, video, base_ms, self.stats, self._crashed
+            )
         except BaseException:
             client.close()
             raise
@@ -270,7 +281,9 @@ class _Publication:
     again whenever video comes or goes, for players that join later
     (nginx-rtmp keeps the last one for them). A greenlet reads what the
     server says meanwhile (acknowledgements, pings, an error status): a
-    failure it sees ends the publication at the next write.
+    failure it sees ends the publication at the next write. So does an
+    unexpected exception in it, reported to ``on_crash`` (the listener is
+    restarted meanwhile, for a writer that has nothing to write).
     """
 
     def __init__(
@@ -280,10 +293,12 @@ class _Publication:
         video: bool,
         base_ms: int,
         stats: RtmpStats,
+        on_crash: CrashReport,
     ) -> None:
         self._client = client
         self._failure: BaseException | None = None
-        self._listener = gevent.spawn(self._listen)
+        self._on_crash = on_crash
+        self._listener = Worker(self._listen, self._listener_crashed)
         self._stats = stats
         self._base = base_ms
         self._encoder = encoder
@@ -343,8 +358,12 @@ class _Publication:
         return len(frames)
 
     def close(self) -> None:
-        self._listener.kill(block=False)
+        self._listener.kill()
         self._client.close()
+
+    def _listener_crashed(self, error: BaseException, retry_in: float) -> None:
+        self._failure = RtmpError(f"listener crashed: {type(error).__name__}: {error}")
+        self._on_crash(error, retry_in)
 
     def _listen(self) -> None:
         while True:
