@@ -41,12 +41,15 @@ class Gateway:
         )
         Gauge("wxmgw_rtp_ports_in_use", "RTP/RTCP port pairs bound",
               registry=self.metrics.registry).set_function(lambda: len(self.ports.in_use))
+        allow = config.allow()
         self.thrift = ThriftServer(
             WxMgwHandler(self.registry, self.metrics), config.thrift_host, config.thrift_port,
-            config.transport,
+            config.transport, allow=allow, max_connections=config.thrift_max_connections,
+            idle_timeout=config.idle_timeout, max_message=config.thrift_max_message,
         )
         self.status = StatusServer(
-            config.thrift_host, config.status_port, self.registry.snapshot, self.metrics.registry
+            config.thrift_host, config.status_port, self.registry.snapshot, self.metrics.registry,
+            allow=allow, idle_timeout=config.idle_timeout,
         )
         self._stats: gevent.Greenlet | None = None
 
@@ -60,7 +63,7 @@ class Gateway:
         self._stats = gevent.spawn(self._log_stats)
         event(logger, "gateway_started", thriftPort=self.thrift.port, statusPort=self.status.port,
               transport=self.config.transport, rtpPorts=self.config.rtp_ports,
-              mediaIp=self.config.media_ip)
+              mediaIp=self.config.media_ip, allowFrom=str(self.thrift.allow))
 
     def stop(self) -> None:
         """Stop accepting, stop every leg, release every port."""

@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from wxmgw.access import DEFAULT_ALLOW_FROM, AllowList
 from wxmgw.errors import InvalidArgument
 from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.ports import parse_port_range
@@ -23,6 +24,11 @@ class Config:
     log_file: str | None = None
     log_format: str = "json"
     stats_interval: float = 10.0
+    # Who may call, and how long and how much (README "Who may call the gateway").
+    allow_from: str | list[str] = DEFAULT_ALLOW_FROM
+    idle_timeout: float = 30.0
+    thrift_max_connections: int = 1000
+    thrift_max_message: int = 1 << 20
     # What one RTMP session (a pull or a push) may make the gateway hold: a
     # live server past a limit has its session ended and retried (RtmpLimits).
     rtmp_max_media_message: int = DEFAULT_LIMITS.max_media_message
@@ -55,6 +61,11 @@ class Config:
         if not 0 <= self.resend_history <= 10:
             raise InvalidArgument("resend-history must be 0-10 seconds")
         parse_port_range(self.rtp_ports)
+        if self.idle_timeout <= 0:
+            raise InvalidArgument("idle-timeout must be positive")
+        if self.thrift_max_connections < 1 or self.thrift_max_message < 64:
+            raise InvalidArgument("thrift-max-connections must be >= 1, thrift-max-message >= 64")
+        self.allow()
         self.rtmp_limits()
         return self
 
@@ -66,6 +77,13 @@ class Config:
             max_chunk_streams=self.rtmp_max_chunk_streams,
             amf0_depth=self.rtmp_amf0_depth,
         )
+
+    def allow(self) -> AllowList:
+        """``allow_from`` parsed: the networks the Thrift and status ports accept."""
+        try:
+            return AllowList.parse(self.allow_from)
+        except ValueError as exc:
+            raise InvalidArgument(f"allow-from: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("json", "text"), help="log format (json)")
     parser.add_argument("--stats-interval", type=float,
                         help="seconds between per-leg stats lines (10)")
+    parser.add_argument("--allow-from", help="CIDR,... whose connections the Thrift and status "
+                        "ports accept (loopback and private ranges)")
+    parser.add_argument("--idle-timeout", type=float,
+                        help="seconds a Thrift or status connection may stay silent (30)")
+    parser.add_argument("--thrift-max-connections", type=int,
+                        help="Thrift connections at once; one more closes the idlest (1000)")
+    parser.add_argument("--thrift-max-message", type=int,
+                        help="bytes of one Thrift request; declaring more closes it (1 MiB)")
     parser.add_argument("--video-jitter-window", type=float,
                         help="seconds a hole in incoming video is waited for (0.25)")
     parser.add_argument("--nack-retry", type=float,

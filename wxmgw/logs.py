@@ -3,6 +3,8 @@
 Every record is an *event* name (the log message) plus fields. Lines about a
 leg carry ``confId``, ``uuid`` and ``leg``. The JSON format is one object per
 line; the text format is ``ts level event k=v ...`` for a human at a terminal.
+Both cut the stream name of every RTMP URL in a line, tracebacks included
+(:func:`wxmgw.access.redact`): a log reader cannot publish as a mini-program.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from wxmgw.access import redact
 
 _FIELDS = "fields"
 
@@ -52,7 +56,7 @@ class JsonFormatter(logging.Formatter):
         line.update(_fields(record))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, separators=(",", ":"))
+        return redact(json.dumps(line, default=str, separators=(",", ":")))
 
 
 class TextFormatter(logging.Formatter):
@@ -64,7 +68,7 @@ class TextFormatter(logging.Formatter):
         line = f"{head} {pairs}".rstrip()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 def setup_logging(
@@ -72,7 +76,8 @@ def setup_logging(
 ) -> None:
     """Route every logger (FFmpeg's, through PyAV, too) to one handler."""
     handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+        logging.FileHandler(log_file, encoding="utf-8") if log_file
+        else logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
