@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import time
+import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -367,6 +368,65 @@ def test_loss_of_marker_packet_drops_both_sides_of_the_gap() -> None:
     dep.lost()  # the marker packet of ts 1 and maybe the start of ts 2
     assert _feed(dep, [_slice(seed=2)], ts=2) == []
     assert dep.stats.dropped_units == 2
+
+
+# --- bounded reassembly (issue #12, finding 4) ---------------------------------------------
+
+
+def _no_marker_slices(count: int) -> Iterator[bytes]:
+    """1200-byte single NAL unit packets, each a new object as from the socket."""
+    body = bytes(1195)
+    for i in range(count):
+        yield b"\x41" + i.to_bytes(4, "big") + body
+
+
+def _endless_fu_a(count: int) -> Iterator[bytes]:
+    """An FU-A of an IDR that starts and never ends, in 1200-byte fragments."""
+    body = bytes(1194)
+    yield b"\x7c\x85" + bytes(4) + body
+    for i in range(1, count):
+        yield b"\x7c\x05" + i.to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize("packets", [_no_marker_slices, _endless_fu_a])
+def test_48_mb_of_one_endless_unit_holds_at_most_the_cap(
+    packets: Callable[[int], Iterator[bytes]],
+) -> None:
+    """One timestamp and no marker, or an FU-A without end: 48 MB of RTP added 37 MB."""
+    cap = 1 << 20
+    dep = H264Depacketizer(max_access_unit=cap)
+    tracemalloc.start()
+    try:
+        for payload in packets(40_000):  # 48 MB
+            assert dep.push(payload, 1000, False) is None
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < cap * 5 // 4 and held < 64 * 1024
+    assert dep.stats.oversized == 1 and dep.needs_keyframe
+    # The sender moves on: the unit is dropped once and video resyncs at the keyframe.
+    [au] = _feed(dep, [SPS, PPS, _idr()], 4000)
+    assert au.keyframe and au.discontinuity and not dep.needs_keyframe
+    assert dep.stats.dropped_units == 1 and dep.stats.oversized == 1
+
+
+def test_cap_counts_every_nal_unit_of_the_unit() -> None:
+    fus = _fu_unit(5000)
+    whole = [SPS, PPS, *fus]
+    dep = H264Depacketizer()
+    [au] = _feed(dep, whole, 1)
+    size = sum(len(n) for n in au.nalus)
+    dep = H264Depacketizer(max_access_unit=size + 100)  # room for the objects, not the bytes
+    assert _feed(dep, whole, 1) == [] and dep.stats.oversized == 1
+    dep = H264Depacketizer(max_access_unit=size + 1000)
+    assert _feed(dep, whole, 1) and dep.stats.oversized == 0
+    # STAP-A and single NAL units count like fragments; a later unit starts from zero.
+    dep = H264Depacketizer(max_access_unit=size + 1000)
+    assert _feed(dep, [_stap_a([SPS, PPS]), *fus, _slice(2000)], 2) == []
+    [au] = _feed(dep, whole, 3)
+    assert au.discontinuity and dep.stats.oversized == 1 and dep.stats.dropped_units == 1
+    with pytest.raises(ValueError, match="positive"):
+        H264Depacketizer(max_access_unit=0)
 
 
 def test_depacketizer_faces_random_and_mutated_payloads() -> None:

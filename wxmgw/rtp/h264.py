@@ -21,8 +21,9 @@ Pure wire code: no sockets, no logging; malformed packets are counted in
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wxmgw.errors import ParseError
 
@@ -40,6 +41,13 @@ NAL_MTAP16 = 26
 NAL_MTAP24 = 27
 NAL_FU_A = 28
 NAL_FU_B = 29
+
+MAX_ACCESS_UNIT = 2 * 1024 * 1024
+"""Default cap on the bytes of one access unit being reassembled from RTP
+(``Config.max_access_unit``): a 720p IDR is well under 1 MB."""
+
+_NAL_COST = sys.getsizeof(b"") + 8
+"""What holding one more NAL unit costs besides its bytes: its object and its list slot."""
 
 _START_CODE = b"\x00\x00\x01"
 _FU_START = 0x80
@@ -268,20 +276,16 @@ class DepacketizerStats:
 
     packets: int = 0
     access_units: int = 0
-    #: Units dropped because a packet of theirs was lost or malformed.
+    #: Units dropped because a packet of theirs was lost or malformed, or they were oversized.
     dropped_units: int = 0
+    #: Units dropped for holding more than ``max_access_unit`` bytes (also in dropped_units).
+    oversized: int = 0
     #: Corrupt payloads: empty, forbidden bit, truncated STAP-A, FU-A out of order.
     malformed: int = 0
     #: STAP-B, MTAP, FU-B and reserved types (interleaved mode is never negotiated).
     unsupported: int = 0
     duplicates: int = 0
     losses: int = 0
-
-
-@dataclass(slots=True)
-class _Fu:
-    header: int  # the reconstructed NAL header byte
-    parts: list[bytes | memoryview] = field(default_factory=list)
 
 
 class H264Depacketizer:
@@ -297,6 +301,12 @@ class H264Depacketizer:
     ``needs_keyframe`` is True from the start and after every loss or dropped
     unit, until a unit with an IDR is emitted: while it is True the receiving
     leg should ask the sender for a keyframe (RTCP PLI), rate-limited.
+
+    What is held for one unit (its NAL units and an unfinished FU-A) is
+    bounded by ``max_access_unit`` bytes: a sender that never sets the marker
+    nor changes the timestamp, or never ends an FU-A, gets its unit dropped
+    (counted in ``stats.oversized``) and the rest of it ignored until the
+    next unit; a STAP-A is one packet, its NAL units count like the others.
     """
 
     __slots__ = (
@@ -309,26 +319,32 @@ class H264Depacketizer:
         "_nalus",
         "_pps",
         "_ready",
+        "_size",
         "_sps",
         "_started",
         "_ts",
+        "max_access_unit",
         "needs_keyframe",
         "stats",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, max_access_unit: int = MAX_ACCESS_UNIT) -> None:
+        if max_access_unit < 1:
+            raise ValueError(f"max_access_unit {max_access_unit} must be positive")
+        self.max_access_unit = max_access_unit
         self.stats = DepacketizerStats()
         self.needs_keyframe = True
         self._sps: bytes | None = None
         self._pps: bytes | None = None
         self._nalus: list[bytes] = []
+        self._size = 0  # bytes held for the current unit, its unfinished FU-A included
         self._ts = -1  # no RTP timestamp is negative
         self._idr = False
         self._broken = False
         self._gap = False
         self._started = False  # a packet of the current unit was pushed
         self._discontinuity = False
-        self._fu: _Fu | None = None
+        self._fu: bytearray | None = None  # the NAL unit an FU-A is rebuilding, header first
         self._last_fu_end: bytes | None = None
         self._ready: AccessUnit | None = None
 
@@ -421,27 +437,51 @@ class H264Depacketizer:
         fu_header = payload[1]
         header = (payload[0] & 0xE0) | (fu_header & 0x1F)
         fu = self._fu
+        cost = len(payload) - 2
         if fu_header & _FU_START:
             if fu is not None:  # the previous fragmented NAL unit never ended
                 self._malformed()
-            fu = self._fu = _Fu(header)
+            fu = self._fu = bytearray((header,))
+            cost += 1 + _NAL_COST
         elif fu is None:
             if payload == self._last_fu_end:
                 self.stats.duplicates += 1
             elif not self._broken:  # else its start was lost and is already accounted for
                 self._malformed()
             return
-        elif fu.header != header:
+        elif fu[0] != header:
             self._fu = None
             self._malformed()
             return
-        fu.parts.append(memoryview(payload)[2:])
+        if not self._hold(cost):
+            return
+        fu += memoryview(payload)[2:]
         if fu_header & _FU_END:
             self._fu = None
             self._last_fu_end = payload
-            self._add(bytes((header,)) + b"".join(fu.parts), header & 0x1F)
+            self._keep(bytes(fu), header & 0x1F)
 
     def _add(self, nalu: bytes, t: int) -> None:
+        if self._hold(len(nalu) + _NAL_COST):
+            self._keep(nalu, t)
+
+    def _hold(self, size: int) -> bool:
+        """Count ``size`` more bytes held for the unit; past ``max_access_unit`` it is
+        dropped whole (what it holds released at once) and counted once."""
+        before = self._size
+        self._size += size
+        if self._size <= self.max_access_unit:
+            return True
+        if before <= self.max_access_unit:
+            self.stats.oversized += 1
+        self._broken = True
+        self.needs_keyframe = True
+        self._nalus = []
+        self._fu = None
+        return False
+
+    def _keep(self, nalu: bytes, t: int) -> None:
+        """A whole NAL unit of the current unit, its bytes already held."""
         if t == NAL_IDR:
             self._idr = True
         elif t == NAL_SPS:
@@ -473,6 +513,7 @@ class H264Depacketizer:
             if self._idr:
                 self.needs_keyframe = False
         self._nalus = []
+        self._size = 0
         self._idr = False
         self._broken = False
         self._started = False
