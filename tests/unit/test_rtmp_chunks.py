@@ -23,7 +23,6 @@ from wxmgw.media.rtmp import (
     RtmpLimits,
     RtmpUrl,
 )
-from wxmgw.media.rtmp_reader import aac_rate_and_channels
 
 
 def test_amf0_round_trip() -> None:
@@ -107,21 +106,6 @@ def test_url_split_like_ffmpeg(url: str, app: str, stream: str, port: int) -> No
 def test_bad_urls(url: str) -> None:
     with pytest.raises(ParseError):
         RtmpUrl.parse(url)
-
-
-@pytest.mark.parametrize(("asc", "expected"), [
-    (bytes([0x12, 0x08]), (44100, 1)),   # AAC-LC, 44.1 kHz, mono
-    (bytes([0x11, 0x90]), (48000, 2)),   # AAC-LC, 48 kHz, stereo
-    (bytes([0x15, 0x88]), (8000, 1)),
-])
-def test_aac_config(asc: bytes, expected: tuple[int, int]) -> None:
-    assert aac_rate_and_channels(asc) == expected
-
-
-@pytest.mark.parametrize("asc", [b"", b"\x12", bytes([0x16, 0x88])])
-def test_bad_aac_config(asc: bytes) -> None:
-    with pytest.raises(ParseError):
-        aac_rate_and_channels(asc)
 
 
 # -- hostile input: every limit is a ParseError (issue #12, findings 2 and 3) -------------------

@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from wxmgw.errors import InvalidArgument, MediaError
+from wxmgw.errors import InvalidArgument, MediaError, ParseError
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, Pcm
 from wxmgw.media.transcode import (
     AAC_NARROW_RATE,
@@ -26,9 +26,11 @@ from wxmgw.media.transcode import (
     AudioDecoder,
     AudioEncoder,
     CodecInfo,
+    DroppedFrame,
     PcmFramer,
     aac_rate,
     audio_codec,
+    opus_samples,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
@@ -321,9 +323,82 @@ def test_truncated_aac_raises_media_error() -> None:
     assert len(decoder.decode(payloads[0])) == 1024
 
 
-def test_bad_aac_config_raises_media_error() -> None:
-    with pytest.raises(MediaError):
-        AudioDecoder("AAC", extradata=b"\xff\xff")
+@pytest.mark.parametrize("asc", [
+    b"", b"\xff\xff",
+    bytes([0x10, 0x10]),  # AAC-LC at 96 kHz
+    bytes([0x16, 0x08]),  # AAC-LC at 7350 Hz
+    bytes([0x15, 0x98]),  # AAC-LC at 8 kHz, channelConfiguration 3
+    bytes([0x15, 0x80]),  # channelConfiguration 0: channels from a program_config_element
+    bytes([0x0D, 0x88]),  # AAC-Main
+])
+def test_aac_config_outside_what_a_mini_program_sends_is_refused(asc: bytes) -> None:
+    with pytest.raises(ParseError):
+        AudioDecoder("AAC", extradata=asc)
+
+
+# --- decoded frames not as declared (issue #12, finding 1) ---------------------
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+AAC_LC_8K_STEREO = bytes([0x15, 0x90])
+#: A raw frame whose program_config_element makes 27 channels (tests/data/aac_README.md).
+PCE_27CH = (DATA / "aac_pce_27ch.raw").read_bytes()
+
+
+def test_frame_of_27_channels_from_a_pce_is_dropped_never_read(tmp_path: Path) -> None:
+    """The frame that segfaulted in ``to_ndarray``: dropped, and the decoder recovers."""
+    path = tmp_path / "tone.flv"
+    ffmpeg(*sine_input(700, 8000), "-ac", "2", "-c:a", "aac", str(path))
+    extradata, payloads = demux(path)
+    assert extradata[:2] == AAC_LC_8K_STEREO
+    decoder = AudioDecoder("AAC", extradata=extradata)
+    for _ in range(3):
+        with pytest.raises(DroppedFrame, match="27 channels"):
+            decoder.decode(PCE_27CH)
+    pcm = decode_all(decoder, payloads)  # FFmpeg kept the PCE's channels: it was reopened
+    assert len(pcm) == len(payloads) * 1024 * AUDIO_RATE // 8000
+    assert dominant_hz(pcm) == pytest.approx(700, rel=0.02)
+
+
+def test_aac_decoder_takes_its_format_from_the_config() -> None:
+    """Rate and channels come from the AudioSpecificConfig; HE-AAC may double and widen them."""
+    encoder, payloads = encode_all("AAC", sine(1000, 0.2), AAC_NARROW_RATE)
+    assert len(decode_all(AudioDecoder("AAC", extradata=encoder.extradata), payloads)) > 0
+    AudioDecoder("AAC", extradata=bytes.fromhex("eb098800"))  # HE-AAC v2, 24 kHz core
+
+
+@pytest.mark.parametrize(("codec", "channels"), [("PCMA", 1), ("PCMU", 2), ("G722", 1)])
+def test_sample_codecs_decode_as_many_samples_as_the_payload_declares(
+        codec: str, channels: int) -> None:
+    """G.711 (the table, or FFmpeg for stereo) and G.722: the payload's size decides.
+
+    A byte is one 8 kHz sample of one channel (G.711) or two 16 kHz samples
+    (G.722): 6 samples at 48 kHz either way.
+    """
+    decoder = AudioDecoder(codec, channels=channels)
+    for size in (2, 160, 162, 1400):
+        assert len(decoder.decode(b"\x55" * size)) == size // channels * 6
+
+
+@pytest.mark.parametrize(("toc", "samples"), [
+    (b"\x00", 480),        # config 0, SILK NB 10 ms; code 0: one frame (RFC 6716 §3.1)
+    (b"\x78", 960),        # config 15, Hybrid FB 20 ms
+    (b"\xfc", 960),        # config 31, CELT FB 20 ms
+    (b"\xfd", 1920),       # code 1: two frames
+    (b"\xfb\x06", 5760),   # code 3: a count byte, 6 frames of 20 ms
+    (b"\xfb\x07", 0),      # 140 ms: more than a packet may hold (§3.2.5)
+    (b"\x03", 0),          # code 3 without its count byte
+    (b"", 0),
+])
+def test_opus_samples_reads_the_toc(toc: bytes, samples: int) -> None:
+    assert opus_samples(toc) == samples
+
+
+def test_opus_decodes_what_its_toc_declares() -> None:
+    _, payloads = encode_all("OPUS", sine(1000, 0.2))
+    for channels in (1, 2):
+        decoder = AudioDecoder("OPUS", channels=channels)
+        for payload in payloads:
+            assert len(decoder.decode(payload)) == opus_samples(payload) == 960
 
 
 def test_empty_payload_decodes_to_nothing() -> None:

@@ -45,6 +45,7 @@ from wxmgw.media.transcode import (
     AudioDecoder,
     AudioEncoder,
     CodecInfo,
+    DroppedFrame,
     PcmFramer,
     aac_rate,
     audio_codec,
@@ -154,7 +155,8 @@ class MixReceiver:
 
     The session has already reordered the packets (its jitter buffer) and
     reports losses as gaps; a lost or undecodable packet is simply missing,
-    the FLV side fills what is missing with silence. Frames carry the
+    the FLV side fills what is missing with silence; a packet that decodes to
+    a frame the codec does not declare is ``dropped``. Frames carry the
     packets' capture times as the session's timeline maps them: from the
     MAS's sender reports once one has arrived (:attr:`sr_mapped`), from
     arrival before.
@@ -166,6 +168,7 @@ class MixReceiver:
         self.packets = 0
         self.lost = 0
         self.undecodable = 0
+        self.dropped = 0
         self._decoder = AudioDecoder(codec.name)
         self._framer = PcmFramer()
         self._held = 0  # samples the framer holds, from before the packet being decoded
@@ -179,6 +182,9 @@ class MixReceiver:
             self.packets += 1
             try:
                 pcm = self._decoder.decode(item.payload)
+            except DroppedFrame:
+                self.dropped += 1
+                continue
             except WxmgwError:
                 self.undecodable += 1
                 continue
@@ -349,6 +355,9 @@ class Rtmp2rtp(Leg):
         elif kind == "unsupported_codec":
             self.last_error = f"unsupported {info.get('kind')} codec {info.get('codec')}"
             self.log("unsupported_codec", logging.ERROR, **info)
+        elif kind == "track_refused":
+            self.last_error = str(info.get("reason", ""))
+            self.log("track_refused", logging.WARNING, **info)
         elif kind == "crashed":
             self.last_error = str(info.get("error", ""))
             self.log("pull_crashed", logging.ERROR, **info)
@@ -407,6 +416,7 @@ class Rtmp2rtp(Leg):
             r = self._reader.stats
             out.update(reconnects=r.reconnects, readErrors=r.errors, malformed=r.malformed,
                        crashes=r.crashes)
+            out.update(configsRefused=r.configs_refused, framesDropped=r.frames_dropped)
             out["addedLatencyMs"] = self._reader.latency_ms()
         mix_out = self._mix_out.stats() if self._mix_out is not None else None
         offset = None
@@ -433,6 +443,7 @@ class Rtmp2rtp(Leg):
                 "packets": m.packets,
                 "lost": m.lost,
                 "undecodable": m.undecodable,
+                "dropped": m.dropped,
                 "srMapped": m.sr_mapped,
             }
         if mix_out is not None:

@@ -39,7 +39,9 @@ class RtmpStats:
     :class:`~wxmgw.errors.ParseError`: garbage, or past the
     :class:`~wxmgw.media.rtmp.RtmpLimits`); ``crashes`` the unexpected
     exceptions that restarted a worker; ``dropped`` the writes refused
-    because the writer's queue was full.
+    because the writer's queue was full. A reader also counts
+    ``configs_refused``, the sequence headers outside what a mini-program
+    sends, and ``frames_dropped``, the decoded frames not as declared.
     """
 
     packets: int = 0
@@ -50,6 +52,8 @@ class RtmpStats:
     malformed: int = 0
     crashes: int = 0
     dropped: int = 0
+    configs_refused: int = 0
+    frames_dropped: int = 0
     last_error: str = ""
 
 

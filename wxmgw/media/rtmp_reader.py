@@ -23,7 +23,7 @@ from wxmgw.errors import MediaError, ParseError
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Pcm, VideoFrame
 from wxmgw.media.rtmp import AUDIO, DEFAULT_LIMITS, VIDEO, RtmpClient, RtmpError, RtmpLimits
-from wxmgw.media.transcode import AudioDecoder, PcmFramer
+from wxmgw.media.transcode import AudioDecoder, DroppedFrame, PcmFramer
 from wxmgw.rtp.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
 
 #: An audio timestamp further than this from the sample counter is a gap.
@@ -41,6 +41,17 @@ _EX_HEADER: Final = 0x80
 _VIDEO_INFO_FRAME: Final = 5
 _SEQUENCE_HEADER: Final = 0
 _END_OF_SEQUENCE: Final = 2
+#: An SPS or PPS longer than this is refused. Encoders write a few dozen bytes
+#: (a few hundred with scaling lists and VUI); the bound keeps what is put in
+#: front of every keyframe small.
+MAX_PARAMETER_SET: Final = 1024
+#: The shortest parameter sets with their mandatory fields (H.264 §7.3.2.1.1, §7.3.2.2).
+_MIN_SPS: Final = 5
+_MIN_PPS: Final = 2
+
+
+class ConfigRefused(ParseError):
+    """A sequence header (AudioSpecificConfig, avcC) outside what a mini-program sends."""
 
 
 class RtmpReader(RtmpEndpoint):
@@ -50,9 +61,17 @@ class RtmpReader(RtmpEndpoint):
     caller only re-encodes it to a narrower codec and asks for that codec's rate.
 
     Video must be H.264 and audio AAC; another codec is reported once as the
-    ``unsupported_codec`` event and its messages are skipped. Each keyframe
-    handed out starts with the SPS and PPS (from the sequence header when the
-    stream does not repeat them in-band), so any consumer can start on it.
+    ``unsupported_codec`` event and its messages are skipped. A sequence
+    header outside what a mini-program sends (:class:`ConfigRefused`) refuses
+    its track until the next valid one, while the other track goes on: it is
+    counted in ``stats.configs_refused`` and reported once per reason as the
+    ``track_refused`` event (``kind``, ``reason``), which is left to the owner
+    to log, with its confId/uuid. A decoded audio frame that is not what its
+    config declared is dropped and counted in ``stats.frames_dropped``.
+
+    Each keyframe handed out starts with the SPS and PPS (from the sequence
+    header when the stream does not repeat them in-band), so any consumer can
+    start on it.
 
     Events: ``connected``, ``disconnected`` (with ``error`` and ``retry_in``:
     also when the stream is not published yet), ``unsupported_codec``,
@@ -161,6 +180,16 @@ class RtmpReader(RtmpEndpoint):
                 for audio in flv.audio(timestamp, payload):
                     self.stats.frames += 1
                     self._on_audio(audio)
+        except ConfigRefused as e:
+            self.stats.configs_refused += 1
+            self.stats.last_error = reason = str(e)
+            track = "video" if kind == VIDEO else "audio"
+            if (track, reason) not in self._reported:
+                self._reported.add((track, reason))
+                self._on_event("track_refused", {"kind": track, "reason": reason})
+        except DroppedFrame as e:
+            self.stats.frames_dropped += 1
+            self.stats.last_error = str(e)
         except (ParseError, MediaError) as e:
             self.stats.errors += 1
             self.stats.last_error = str(e)
@@ -176,13 +205,18 @@ def _video_codec(first: int) -> str | None:
 
 
 class _FlvToFrames:
-    """One RTMP session's tag bodies to frames: timestamps, avcC, AAC decoding."""
+    """One RTMP session's tag bodies to frames: timestamps, avcC, AAC decoding.
+
+    A refused sequence header leaves its track without a config: its frames
+    are skipped until a valid header comes.
+    """
 
     def __init__(self, started: float, audio_rate: int) -> None:
         self._anchor = started
         self._ms0: int | None = None
         self._avc: AvcConfig | None = None
         self._decoder: AudioDecoder | None = None
+        self._refused = {"video": False, "audio": False}
         self._rate = audio_rate
         self._framer = PcmFramer(audio_rate * AUDIO_FRAME_SAMPLES // AUDIO_RATE)
         self._audio_start = 0.0
@@ -200,11 +234,16 @@ class _FlvToFrames:
             raise ParseError(f"AVC tag of {len(body)} bytes")
         packet_type = body[1]
         if packet_type == _SEQUENCE_HEADER:
-            self._avc = AvcConfig.parse(body[5:])
+            self._avc = None
+            self._refused["video"] = True
+            self._avc = avc_config(body[5:])
+            self._refused["video"] = False
             return None
         if packet_type == _END_OF_SEQUENCE:
             return None
         if self._avc is None:
+            if self._refused["video"]:
+                return None
             raise ParseError("H.264 frame before its sequence header")
         cts = int.from_bytes(body[2:5], "big", signed=True)
         nalus = split_avcc(body[5:], self._avc.length_size)
@@ -219,12 +258,17 @@ class _FlvToFrames:
         if len(body) < 2:
             raise ParseError(f"AAC tag of {len(body)} bytes")
         if body[1] == _SEQUENCE_HEADER:
-            rate, channels = aac_rate_and_channels(body[2:])
-            self._decoder = AudioDecoder(
-                "AAC", sample_rate=rate, channels=channels, extradata=body[2:], out_rate=self._rate
-            )
+            self._decoder = None
+            self._refused["audio"] = True
+            try:
+                self._decoder = AudioDecoder("AAC", extradata=body[2:], out_rate=self._rate)
+            except (ParseError, MediaError) as e:
+                raise ConfigRefused(f"AudioSpecificConfig refused: {e}") from e
+            self._refused["audio"] = False
             return []
         if self._decoder is None:
+            if self._refused["audio"]:
+                return []
             raise ParseError("AAC frame before its AudioSpecificConfig")
         ts = self._ts(ms)
         pcm: Pcm = self._decoder.decode(body[2:])
@@ -240,29 +284,24 @@ class _FlvToFrames:
         return frames
 
 
-#: samplingFrequencyIndex (ISO 14496-3 §1.6.3.4).
-_AAC_RATES: Final = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000,
-                     11025, 8000, 7350)
 
+def avc_config(record: bytes) -> AvcConfig:
+    """The avcC of an AVC sequence header, if its parameter sets are sane; else ConfigRefused.
 
-def aac_rate_and_channels(asc: bytes) -> tuple[int, int]:
-    """Sample rate and channels (1 or 2) of an AudioSpecificConfig (ISO 14496-3 §1.6.2.1)."""
-    if len(asc) < 2:
-        raise ParseError(f"AudioSpecificConfig of {len(asc)} bytes")
-    bits = int.from_bytes(asc[:5].ljust(5, b"\0"), "big")
-    pos = 40 - 5
-    if bits >> pos == 31:  # escaped audioObjectType
-        pos -= 6
-    index = (bits >> (pos - 4)) & 0xF
-    pos -= 4
-    if index == 0xF:
-        rate = (bits >> (pos - 24)) & 0xFFFFFF
-        pos -= 24
-    elif index < len(_AAC_RATES):
-        rate = _AAC_RATES[index]
-    else:
-        raise ParseError(f"AudioSpecificConfig with sampling index {index}")
-    if pos < 4 or not rate:
-        raise ParseError("AudioSpecificConfig truncated")
-    channels = (bits >> (pos - 4)) & 0xF
-    return rate, 1 if channels == 1 else 2
+    At least one SPS and one PPS, each of a plausible size, with
+    forbidden_zero_bit clear, a non-zero nal_ref_idc and its own
+    nal_unit_type (H.264 §7.4.1).
+    """
+    try:
+        avc = AvcConfig.parse(record)
+    except ParseError as e:
+        raise ConfigRefused(f"avcC refused: {e}") from e
+    if not avc.sps or not avc.pps:
+        raise ConfigRefused(f"avcC refused: {len(avc.sps)} SPS, {len(avc.pps)} PPS")
+    for sets, nal, least in ((avc.sps, NAL_SPS, _MIN_SPS), (avc.pps, NAL_PPS, _MIN_PPS)):
+        for nalu in sets:
+            if not least <= len(nalu) <= MAX_PARAMETER_SET:
+                raise ConfigRefused(f"avcC refused: a parameter set of {len(nalu)} bytes")
+            if nalu[0] & 0x80 or not nalu[0] & 0x60 or nal_type(nalu) != nal:
+                raise ConfigRefused(f"avcC refused: NAL header {nalu[0]:#04x} among type {nal}")
+    return avc

@@ -9,6 +9,14 @@ call hands the GIL over to whichever worker thread waits for it, and on the
 hub that costs a wait (see ``dsp.py``); only AAC at a rate that does not
 divide 48 kHz goes through libswresample.
 
+Every payload decoded comes from a peer (a mini-program's AAC through the
+live server, the MAS's RTP), and FFmpeg's decoders output what the payload
+says: a raw AAC frame's program_config_element can turn a stereo stream into
+27 channels whose frame PyAV then reads past its planes (a SIGSEGV). So an
+``AudioDecoder`` knows what its stream declared (format, layout, rate,
+samples per frame) and drops any frame that is not that, before PyAV reads
+a sample of it.
+
 Each ``AudioDecoder``/``AudioEncoder`` owns its codec context and filters and
 nothing else is mutable, so instances may run in worker threads (PyAV releases
 the GIL in codec calls); one instance must not be used by two threads at once.
@@ -28,6 +36,7 @@ from av.audio.frame import AudioFrame
 from av.audio.resampler import AudioResampler
 
 from wxmgw.errors import InvalidArgument, MediaError
+from wxmgw.media.aac import AudioSpecificConfig
 from wxmgw.media.dsp import G711, Interpolator, decimator, interpolator
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, Pcm
 
@@ -83,6 +92,51 @@ _ENCODER_OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {
 _AAC_BITRATE = {AUDIO_RATE: 64000, AAC_NARROW_RATE: 32000}
 
 
+class DroppedFrame(MediaError):
+    """A decoded frame that is not what its stream declared: dropped, never converted."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Declared:
+    """What one stream's decoded frames must be.
+
+    ``samples`` lists the frame sizes a codec with fixed frames may output
+    (AAC); when it is empty, the payload says how many (:func:`_payload_samples`).
+    """
+
+    format: str
+    layouts: tuple[str, ...]
+    rates: tuple[int, ...]
+    samples: tuple[int, ...] = ()
+
+
+_LAYOUTS: Final = {1: "mono", 2: "stereo"}
+#: RFC 6716 §3.1: samples at 48 kHz in one frame of each TOC config, by config.
+_OPUS_FRAME: Final = (480, 960, 1920, 2880) * 3 + (480, 960) * 2 + (120, 240, 480, 960) * 4
+#: RFC 6716 §3.2.5: a packet holds at most 120 ms.
+_OPUS_MAX: Final = 5760
+
+
+def opus_samples(packet: bytes) -> int:
+    """Samples at 48 kHz an Opus packet declares in its TOC (RFC 6716 §3.1, §3.2); 0 if none."""
+    if not packet:
+        return 0
+    toc = packet[0]
+    code = toc & 0x03
+    counts = (1, 2, 2, packet[1] & 0x3F if len(packet) > 1 else 0)  # code 3: a count byte
+    samples = _OPUS_FRAME[toc >> 3] * counts[code]
+    return samples if samples <= _OPUS_MAX else 0
+
+
+def _payload_samples(ffmpeg_name: str, payload: bytes, channels: int) -> int:
+    """Samples per channel a payload of a sample-based codec decodes to."""
+    if ffmpeg_name == "libopus":
+        return opus_samples(payload)
+    if ffmpeg_name == "g722":
+        return 2 * len(payload)  # two 16 kHz samples per byte at 64 kbit/s (RFC 3551 §4.5.2)
+    return len(payload) // channels  # G.711: a byte per sample
+
+
 def aac_rate(source_rate: int) -> int:
     """The AAC rate for audio whose source sampled at ``source_rate``: the lowest that keeps it."""
     return AAC_NARROW_RATE if source_rate <= AAC_NARROW_RATE else AUDIO_RATE
@@ -107,13 +161,15 @@ class AudioDecoder:
     that rate and saves the way through 48 kHz.
     """
 
-    __slots__ = ("_ctx", "_g711", "_name", "_rate", "_source", "_swr", "_up")
+    __slots__ = (
+        "_channels", "_ctx", "_declared", "_extradata", "_g711", "_in_rate", "_name", "_rate",
+        "_source", "_swr", "_up",
+    )
 
     def __init__(
         self,
         codec: str,
         *,
-        sample_rate: int | None = None,
         channels: int = 1,
         extradata: bytes | None = None,
         out_rate: int = AUDIO_RATE,
@@ -121,16 +177,28 @@ class AudioDecoder:
         """``codec`` is ``"AAC"`` or a key of ``AUDIO_CODECS`` (any case).
 
         AAC needs ``extradata``: the AudioSpecificConfig of the FLV sequence
-        header, which also gives its rate and channels. The RTP codecs default
-        to their ``sample_rate``; ``channels`` (1 or 2) is what the SDP says.
-        ``out_rate`` is the rate of the PCM returned.
+        header, which gives its rate and channels; ``ParseError`` if it is
+        not one :class:`~wxmgw.media.aac.AudioSpecificConfig` takes. An RTP
+        codec decodes at its own rate; ``channels`` (1 or 2) is what the SDP
+        says. ``out_rate`` is the rate of the PCM returned.
         """
         if codec.upper() == _AAC:
-            ffmpeg_name, rate = "aac", sample_rate
+            config = AudioSpecificConfig.parse(extradata or b"")
+            ffmpeg_name, rate, channels = "aac", config.sample_rate, config.channels
+            self._declared = _Declared(
+                "fltp",
+                tuple(_LAYOUTS[n] for n in config.out_channels),
+                config.rates,
+                config.frame_samples,
+            )
         else:
             info = audio_codec(codec)
-            ffmpeg_name, rate = info.ffmpeg_name, sample_rate or info.sample_rate
+            ffmpeg_name, rate = info.ffmpeg_name, info.sample_rate
+            if channels not in _LAYOUTS:
+                raise InvalidArgument(f"{info.name} with {channels} channels")
+            self._declared = _Declared("s16", (_LAYOUTS[channels],), (rate,))
         self._name = ffmpeg_name
+        self._channels = channels
         self._rate = out_rate
         self._source: tuple[str, str, int] | None = None
         self._swr: AudioResampler | None = None
@@ -141,36 +209,69 @@ class AudioDecoder:
             self._g711 = G711(ffmpeg_name)
             self._up = interpolator(rate, out_rate)
             return
-        ctx = av.CodecContext.create(ffmpeg_name, "r")
+        self._extradata = extradata
+        self._in_rate = rate
+        self._ctx = self._open()
+
+    def _open(self) -> AudioCodecContext:
+        ctx = av.CodecContext.create(self._name, "r")
         assert isinstance(ctx, AudioCodecContext)
-        if rate:
-            ctx.sample_rate = rate
-        ctx.layout = "mono" if channels == 1 else "stereo"
-        if extradata:
-            ctx.extradata = extradata
+        ctx.sample_rate = self._in_rate
+        ctx.layout = _LAYOUTS[self._channels]
+        if self._extradata:
+            ctx.extradata = self._extradata
         try:
             ctx.open()
         except av.error.FFmpegError as e:
-            raise MediaError(f"cannot open {ffmpeg_name} decoder: {e}") from e
-        self._ctx = ctx
+            raise MediaError(f"cannot open {self._name} decoder: {e}") from e
+        return ctx
 
     def decode(self, payload: bytes) -> Pcm:
         """Decode one codec frame (an RTP payload or a raw AAC frame).
 
         Returns any number of samples, none for an empty payload. Raises
         ``MediaError`` for a payload the codec rejects (G.711 and G.722 accept
-        any bytes); the decoder stays usable.
+        any bytes), and its ``DroppedFrame`` when the payload decodes to a
+        frame that is not what the stream declared; the decoder stays usable
+        (after a dropped frame it is opened anew, since FFmpeg's AAC decoder
+        keeps a program_config_element's channels for the frames that follow).
         """
         if not payload:
             return _NO_SAMPLES
-        if self._g711 is not None:
+        if self._g711 is not None:  # one sample per byte, by construction
             pcm = self._g711.decode(payload)
             return self._up(pcm) if self._up is not None else pcm
         assert self._ctx is not None
         try:
-            return _joined([self._to_internal(f) for f in self._ctx.decode(av.Packet(payload))])
+            frames = self._ctx.decode(av.Packet(payload))
+            for frame in frames:
+                self._check(frame, payload)
+            return _joined([self._to_internal(f) for f in frames])
         except (av.error.FFmpegError, ValueError) as e:
             raise MediaError(f"undecodable {self._name} payload: {e}") from e
+
+    def _check(self, frame: AudioFrame, payload: bytes) -> None:
+        """Raise ``DroppedFrame`` unless ``frame`` is what the stream declared.
+
+        The layout is checked before the planes are counted: PyAV counts them
+        by walking FFmpeg's plane pointers to the first NULL, past the end of
+        the array when a frame has more channels than its layout says.
+        """
+        declared = self._declared
+        samples = declared.samples or (_payload_samples(self._name, payload, self._channels),)
+        layout = frame.layout
+        if (
+            layout.name not in declared.layouts
+            or frame.format.name != declared.format
+            or frame.sample_rate not in declared.rates
+            or frame.samples not in samples
+            or len(frame.planes) != (layout.nb_channels if frame.format.is_planar else 1)
+        ):
+            self._ctx = self._open()
+            raise DroppedFrame(
+                f"{self._name} frame dropped: {layout.name}, {frame.format.name}, "
+                f"{frame.sample_rate} Hz, {frame.samples} samples"
+            )
 
     def _to_internal(self, frame: AudioFrame) -> Pcm:
         # A stream may change rate or channels (AAC's SBR/PS, a new sequence

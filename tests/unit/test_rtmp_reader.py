@@ -1,0 +1,138 @@
+"""The pull's FLV tag bodies to frames: sequence headers checked, decoded frames as declared.
+
+Issue #12, finding 1: a refused AudioSpecificConfig or avcC stops its track
+only, until the next valid header; a decoded frame that is not what the
+config declared is dropped and counted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from wxmgw.errors import ParseError
+from wxmgw.media.flv import aac_frame, aac_sequence_header
+from wxmgw.media.frames import AudioFrame, VideoFrame
+from wxmgw.media.rtmp import AUDIO, VIDEO
+from wxmgw.media.rtmp_reader import (
+    MAX_PARAMETER_SET,
+    ConfigRefused,
+    RtmpReader,
+    _FlvToFrames,
+    avc_config,
+)
+from wxmgw.media.transcode import AudioEncoder
+from wxmgw.rtp.h264 import AvcConfig, to_avcc
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+AVCC = (DATA / "h264_avcc_baseline.bin").read_bytes()
+PCE_27CH = (DATA / "aac_pce_27ch.raw").read_bytes()
+IDR = b"\x65\x88\x84\x00\x10"
+SPS, PPS = AvcConfig.parse(AVCC).sps[0], AvcConfig.parse(AVCC).pps[0]
+
+
+def avc_header(record: bytes) -> bytes:
+    return b"\x17\x00\x00\x00\x00" + record
+
+
+def avc_idr() -> bytes:
+    return b"\x17\x01\x00\x00\x00" + to_avcc([IDR])
+
+
+class Pull:
+    """A reader fed tag bodies straight, as its session would: what came out."""
+
+    def __init__(self) -> None:
+        self.video: list[VideoFrame] = []
+        self.audio: list[AudioFrame] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.reader = RtmpReader(
+            "rtmp://127.0.0.1/live/x", on_video=self.video.append, on_audio=self.audio.append,
+            on_event=lambda kind, info: self.events.append((kind, info)), name="test",
+        )
+        self.flv = _FlvToFrames(0.0, 48000)
+
+    def feed(self, kind: int, *bodies: bytes) -> None:
+        for i, body in enumerate(bodies):
+            self.reader._convert(self.flv, kind, 20 * i, body)
+
+
+def aac_payloads() -> tuple[bytes, list[bytes]]:
+    """An AAC-LC 48 kHz mono config and 0.2 s of its frames."""
+    encoder = AudioEncoder("AAC")
+    return encoder.extradata, encoder.encode(np.zeros(9600, np.int16))
+
+
+def test_refused_audio_config_stops_audio_only_and_is_reported_once() -> None:
+    pull = Pull()
+    _, frames = aac_payloads()
+    bad = aac_sequence_header(bytes([0x15, 0x80]))  # channelConfiguration 0: a PCE decides
+    pull.feed(VIDEO, avc_header(AVCC))
+    pull.feed(AUDIO, bad, *map(aac_frame, frames), bad)
+    pull.feed(VIDEO, avc_idr(), avc_idr())
+    assert not pull.audio and len(pull.video) == 2
+    assert [kind for kind, _ in pull.events] == ["track_refused"]
+    assert pull.events[0][1]["kind"] == "audio"
+    assert "channelConfiguration 0" in pull.events[0][1]["reason"]
+    stats = pull.reader.stats
+    assert (stats.configs_refused, stats.errors, stats.frames_dropped) == (2, 0, 0)
+
+
+def test_audio_resumes_at_the_next_valid_config() -> None:
+    pull = Pull()
+    asc, frames = aac_payloads()
+    pull.feed(AUDIO, aac_sequence_header(b"\xff\xff"), aac_frame(frames[0]),
+              aac_sequence_header(asc), *map(aac_frame, frames))
+    assert len(pull.audio) >= 8
+
+
+def test_frame_not_as_declared_is_dropped_and_counted() -> None:
+    pull = Pull()
+    pull.feed(AUDIO, aac_sequence_header(bytes([0x15, 0x90])), aac_frame(PCE_27CH))
+    assert not pull.audio
+    assert (pull.reader.stats.frames_dropped, pull.reader.stats.errors) == (1, 0)
+    assert "27 channels" in pull.reader.stats.last_error
+
+
+def test_refused_avcc_stops_video_until_a_valid_one() -> None:
+    pull = Pull()
+    no_pps = bytes(AvcConfig.parse(AVCC))[:-len(PPS) - 3] + b"\x00"
+    pull.feed(VIDEO, avc_header(no_pps), avc_idr(), avc_idr())
+    assert not pull.video and pull.reader.stats.configs_refused == 1
+    assert pull.events[0][1]["kind"] == "video"
+    pull.feed(VIDEO, avc_header(AVCC), avc_idr())
+    assert len(pull.video) == 1 and pull.video[0].nalus == [SPS, PPS, IDR]
+    assert pull.reader.stats.errors == 0
+
+
+@pytest.mark.parametrize("path", ["h264_avcc_baseline.bin", "h264_avcc_high.bin"])
+def test_encoder_avcc_is_taken(path: str) -> None:
+    record = (DATA / path).read_bytes()
+    assert avc_config(record) == AvcConfig.parse(record)
+
+
+def record(sps: list[bytes], pps: list[bytes]) -> bytes:
+    return bytes(AvcConfig(66, 0xC0, 30, 4, sps, pps))
+
+
+@pytest.mark.parametrize(("sps", "pps", "why"), [
+    ([], [PPS], "0 SPS"),
+    ([SPS], [], "0 PPS"),
+    ([PPS], [PPS], "among type 7"),             # a PPS in the SPS list
+    ([SPS], [SPS], "among type 8"),
+    ([SPS[:4]], [PPS], "of 4 bytes"),
+    ([SPS + bytes(MAX_PARAMETER_SET)], [PPS], "bytes"),
+    ([bytes([SPS[0] | 0x80]) + SPS[1:]], [PPS], "NAL header"),  # forbidden_zero_bit
+    ([SPS], [bytes([PPS[0] & 0x1F]) + PPS[1:]], "NAL header"),   # nal_ref_idc 0
+])
+def test_insane_parameter_sets_are_refused(sps: list[bytes], pps: list[bytes], why: str) -> None:
+    with pytest.raises(ConfigRefused, match=why):
+        avc_config(record(sps, pps))
+
+
+def test_unparsable_avcc_is_refused_as_parse_error() -> None:
+    with pytest.raises(ParseError):
+        avc_config(AVCC[:9])
