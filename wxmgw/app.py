@@ -33,7 +33,7 @@ class Gateway:
         )
         self.registry = Registry(
             LegContext(self.ports, config.media_ip, config.stats_interval, loss=loss,
-                       rtmp=config.rtmp_limits())
+                       rtmp=config.rtmp_limits(), max_access_unit=config.max_access_unit)
         )
         self.metrics = Metrics()
         Gauge("wxmgw_legs", "Legs running", registry=self.metrics.registry).set_function(

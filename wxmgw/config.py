@@ -11,6 +11,7 @@ from wxmgw.access import DEFAULT_ALLOW_FROM, AllowList
 from wxmgw.errors import InvalidArgument
 from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.ports import parse_port_range
+from wxmgw.rtp.h264 import MAX_ACCESS_UNIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,9 @@ class Config:
     nack_retry: float = 0.08
     video_rtx_pt: int = 0
     resend_history: float = 1.0
+    # What one H.264 access unit from the MAS may make the gateway hold: past
+    # it the unit is dropped and video resyncs at the next keyframe.
+    max_access_unit: int = MAX_ACCESS_UNIT
 
     def check(self) -> Config:
         if self.transport not in ("buffered", "framed"):
@@ -60,6 +64,8 @@ class Config:
             raise InvalidArgument("video-rtx-pt must be 0 (none) or a payload type 1-127")
         if not 0 <= self.resend_history <= 10:
             raise InvalidArgument("resend-history must be 0-10 seconds")
+        if self.max_access_unit < 1:
+            raise InvalidArgument("max-access-unit must be positive")
         parse_port_range(self.rtp_ports)
         if self.idle_timeout <= 0:
             raise InvalidArgument("idle-timeout must be positive")
@@ -116,6 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="payload type of the MAS's RFC 4588 video retransmissions (0: none)")
     parser.add_argument("--resend-history", type=float,
                         help="seconds of sent video kept to answer the MAS's NACKs; 0: none (1)")
+    parser.add_argument("--max-access-unit", type=int,
+                        help="bytes one H.264 frame from the MAS may hold; more drops it (2 MiB)")
 
 
 def load(args: argparse.Namespace) -> Config:

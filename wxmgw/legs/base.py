@@ -12,6 +12,7 @@ from wxmgw.logs import event
 from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.ports import PortAllocator, PortPair
 from wxmgw.pubsub import ChannelRegistry
+from wxmgw.rtp.h264 import MAX_ACCESS_UNIT
 from wxmgw.rtp.session import LossRepair
 from wxmgw.supervise import RUNNING
 
@@ -34,6 +35,7 @@ class LegContext:
     channels: ChannelRegistry = field(default_factory=ChannelRegistry)
     rtmp: RtmpLimits = DEFAULT_LIMITS
     loss: LossRepair = field(default_factory=LossRepair)
+    max_access_unit: int = MAX_ACCESS_UNIT
 
 
 class Leg:

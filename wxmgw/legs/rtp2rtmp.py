@@ -21,6 +21,7 @@ in the conference mix already, and would hear it twice otherwise.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,7 +75,8 @@ class Rtp2rtmp(Leg):
             channels = self.ctx.channels.open(p.uuid)
             offset = ClockOffset()
             self.video = VideoReceiver(
-                self.video_pair, channels, offset, p.video, self.ctx.loss, self.log
+                self.video_pair, channels, offset, p.video, self.ctx.loss, self.log,
+                self.ctx.max_access_unit,
             )
             self.audio = AudioReceiver(self.audio_pair, channels, offset, p.audio, self.log)
             aac = aac_rate(self.audio.codec.sample_rate)
@@ -191,12 +193,16 @@ class VideoReceiver(_Receiver):
         target: RtpTarget,
         loss: LossRepair,
         log: Callable[..., None],
+        max_access_unit: int,
     ) -> None:
         super().__init__(
             pair, "video", loss.receive(target.payload_type, VIDEO_CLOCK_RATE), offset, log
         )
         self.channel = channels.video
-        self.depacketizer = H264Depacketizer()
+        self.depacketizer = H264Depacketizer(max_access_unit)
+        self._log = log
+        self._oversized = 0  # depacketizer.stats.oversized when last looked at
+        self._oversize_burst = False  # warned about, no keyframe since
         self.channel.on_keyframe_needed = self._keyframe_needed
 
     def close(self) -> None:
@@ -218,6 +224,18 @@ class VideoReceiver(_Receiver):
                 self.channel.publish(VideoFrame(au.nalus, ts, au.keyframe, time.perf_counter()))
         if depacketizer.needs_keyframe:
             self.session.request_keyframe()
+        self._warn_oversized()
+
+    def _warn_oversized(self) -> None:
+        """One warning per burst of frames over ``max_access_unit``: until video resyncs."""
+        d = self.depacketizer
+        if d.stats.oversized != self._oversized:
+            if not self._oversize_burst:
+                self._log("video_frame_oversized", logging.WARNING,
+                          limit=d.max_access_unit, oversized=d.stats.oversized)
+            self._oversized, self._oversize_burst = d.stats.oversized, True
+        elif not d.needs_keyframe:
+            self._oversize_burst = False
 
     def stats(self) -> dict[str, Any]:
         """Frames, keyframe requests, and loss repair: NACKs sent (RTCP packets),
@@ -231,6 +249,7 @@ class VideoReceiver(_Receiver):
             **super().stats(),
             "frames": d.access_units,
             "dropped_frames": d.dropped_units,
+            "oversized_frames": d.oversized,
             "pli_sent": s.pli_sent,
             "fir_sent": s.fir_sent,
             "nack_sent": s.nack_sent,
