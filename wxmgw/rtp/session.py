@@ -79,6 +79,26 @@ class ReceiveConfig:
     rtx_payload_type: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LossRepair:
+    """How video sessions repair losses, from the gateway's settings.
+
+    ``window``: seconds a hole is waited for; ``nack_retry``: NACK holes and
+    ask once more after that many seconds (None: no NACKs);
+    ``rtx_payload_type``: the MAS's RFC 4588 retransmissions (None: plain
+    resends only); ``history``: seconds of sent video kept to answer NACKs.
+    """
+
+    window: float = 0.25
+    nack_retry: float | None = 0.08
+    rtx_payload_type: int | None = None
+    history: float = 1.0
+
+    def receive(self, payload_type: int, clock_rate: int) -> ReceiveConfig:
+        return ReceiveConfig(payload_type, clock_rate, self.window, self.nack_retry,
+                             self.rtx_payload_type)
+
+
 @dataclass(slots=True)
 class SessionStats:
     packets_sent: int = 0
