@@ -10,6 +10,7 @@ from prometheus_client import Gauge
 
 from wxmgw.conference import Registry
 from wxmgw.config import Config
+from wxmgw.journal import Journal
 from wxmgw.legs.base import LegContext
 from wxmgw.logs import event
 from wxmgw.ports import PortAllocator, parse_port_range
@@ -33,7 +34,8 @@ class Gateway:
         )
         self.registry = Registry(
             LegContext(self.ports, config.media_ip, config.stats_interval, loss=loss,
-                       rtmp=config.rtmp_limits(), max_access_unit=config.max_access_unit)
+                       rtmp=config.rtmp_limits(), max_access_unit=config.max_access_unit),
+            Journal(config.state_dir) if config.state_dir else None,
         )
         self.metrics = Metrics()
         Gauge("wxmgw_legs", "Legs running", registry=self.metrics.registry).set_function(
@@ -54,6 +56,7 @@ class Gateway:
         self._stats: gevent.Greenlet | None = None
 
     def start(self) -> None:
+        self.registry.restore()  # the journaled legs take their ports back before anyone asks
         self.thrift.start()
         try:
             self.status.start()

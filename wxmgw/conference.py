@@ -4,6 +4,10 @@ The registry is the only place that creates and stops legs. Every operation
 runs under one lock: a leg is either fully started and registered, or
 stopped with everything it had allocated released.
 
+With a :class:`~wxmgw.journal.Journal`, every change to the legs is
+journaled, and :meth:`Registry.restore` starts the journaled legs again on
+their RTP ports when the gateway starts.
+
 A room's MAS-less mini-programs (StartPull with an empty ``masIp``) are mixed
 by its :class:`~wxmgw.legs.roommix.RoomMixer`: each one's mix stream carries
 the others. AvSync hands a member's video channel to a mini-program's mix
@@ -13,13 +17,15 @@ stream; the channel is the uuid's, whichever leg publishes on it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gevent.lock import RLock
 
 from wxmgw import requests as rq
-from wxmgw.errors import Conflict, NoLocalSource, UnknownLeg
+from wxmgw.errors import Code, Conflict, NoLocalSource, UnknownLeg, WxmgwError
+from wxmgw.journal import Journal, Legs, PullEntry, PushEntry
 from wxmgw.legs.base import Leg, LegContext
 from wxmgw.legs.roommix import RoomMixer
 from wxmgw.legs.rtmp2rtp import Rtmp2rtp
@@ -49,8 +55,9 @@ class Room:
 
 
 class Registry:
-    def __init__(self, ctx: LegContext) -> None:
+    def __init__(self, ctx: LegContext, journal: Journal | None = None) -> None:
         self.ctx = ctx
+        self.journal = journal
         self.rtmp2rtp: dict[str, Rtmp2rtp] = {}
         self.rtp2rtmp: dict[str, Rtp2rtmp] = {}
         self.rooms: dict[str, Room] = {}
@@ -58,14 +65,14 @@ class Registry:
 
     # -- StartPull / StopPull -------------------------------------------------
 
-    def start_pull(self, params: rq.StartPull) -> None:
+    def start_pull(self, params: rq.StartPull, ports: list[int] | None = None) -> None:
         with self._lock:
             running = self.rtmp2rtp.get(params.uuid)
             if running is not None:
                 if running.params == params:
                     return
                 raise Conflict(f"uuid {params.uuid} already pulls with other parameters")
-            leg = self._start(Rtmp2rtp(params, self.ctx))
+            leg = self._start(Rtmp2rtp(params, self.ctx), ports)
             self.rtmp2rtp[leg.uuid] = leg
             room = self._room(leg.conf_id)
             room.members.add(leg.uuid)
@@ -74,6 +81,7 @@ class Registry:
                 if room.mixer is None:
                     room.mixer = RoomMixer(room.conf_id)
                 room.mixer.add(leg.uuid, leg.channels.audio, leg.mix)
+            self._journal()
 
     def stop_pull(self, ref: rq.LegRef) -> None:
         with self._lock:
@@ -87,17 +95,22 @@ class Registry:
             self._leave(leg.conf_id, members=leg.uuid)
             leg.stop()
             self._forget_sync(leg.uuid)
+            self._journal()
 
     # -- StartPush / StopPush -------------------------------------------------
 
-    def start_push(self, params: rq.StartPush) -> tuple[int, int]:
+    def start_push(
+        self, params: rq.StartPush, ports: list[int] | None = None, requesters: Iterable[str] = ()
+    ) -> tuple[int, int]:
         with self._lock:
             running = self.rtp2rtmp.get(params.uuid)
             if running is not None:
                 if _push_key(running.params) != _push_key(params):
                     raise Conflict(f"uuid {params.uuid} is already pushed with other parameters")
-                running.requesters.add(params.req_uuid)
-                running.log("push_shared", reqUuid=params.req_uuid)
+                if params.req_uuid not in running.requesters:
+                    running.requesters.add(params.req_uuid)
+                    running.log("push_shared", reqUuid=params.req_uuid)
+                    self._journal()
                 return running.rtp_ports
             if params.weixin:
                 source = self.rtmp2rtp.get(params.uuid)
@@ -106,10 +119,11 @@ class Registry:
                         f"mini-program {params.uuid} has no Rtmp2rtp in conference {params.conf_id}"
                     )
             leg = Rtp2rtmp(params, self.ctx)
-            leg.requesters.add(params.req_uuid)
-            self._start(leg)
+            leg.requesters.update(requesters or [params.req_uuid])
+            self._start(leg, ports)
             self.rtp2rtmp[leg.uuid] = leg
             self._room(leg.conf_id).pushes.add(leg.uuid)
+            self._journal()
             return leg.rtp_ports
 
     def stop_push(self, ref: rq.LegRef) -> None:
@@ -119,6 +133,7 @@ class Registry:
             self._leave(leg.conf_id, pushes=leg.uuid)
             leg.stop()
             self._forget_sync(leg.uuid)
+            self._journal()
 
     # -- AvSync -----------------------------------------------------------------
 
@@ -133,6 +148,53 @@ class Registry:
             ):
                 raise UnknownLeg(f"syncUuid {sync} has no leg on this gateway")
             leg.av_sync(sync, channels.video if channels else None)
+            self._journal()
+
+    # -- journal ------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Start the journaled legs again on their ports: pulls, then pushes, then AvSync.
+
+        A leg that cannot start (its ports taken, its parameters refused) is
+        logged and left out; the others run.
+        """
+        if self.journal is None:
+            return
+        legs = self.journal.load()
+        started = [
+            *(self._restore(p, self.start_pull, p.params, p.ports) for p in legs.pulls),
+            *(self._restore(p, self.start_push, p.params, p.ports, p.requesters)
+              for p in legs.pushes),
+        ]
+        for pull in legs.pulls:
+            if pull.sync_uuid and pull.params.uuid in self.rtmp2rtp:
+                sync = rq.AvSync(pull.params.uuid, pull.params.conf_id, pull.sync_uuid)
+                self._restore(pull, self.av_sync, sync)
+        event(logger, "journal_restored", legs=sum(started), failed=started.count(False),
+              path=str(self.journal.path))
+        self._journal()
+
+    def _restore(
+        self, entry: PullEntry | PushEntry, start: Callable[..., object], *args: Any
+    ) -> bool:
+        try:
+            start(*args)
+        except Exception as e:  # nothing a journal holds may keep the gateway from starting
+            p = entry.params
+            code = e.code if isinstance(e, WxmgwError) else Code.INTERNAL
+            event(logger, "leg_restore_failed", logging.ERROR, confId=p.conf_id, uuid=p.uuid,
+                  ports=entry.ports, code=int(code), error=f"{type(e).__name__}: {e}")
+            return False
+        return True
+
+    def _journal(self) -> None:
+        if self.journal is None:
+            return
+        self.journal.save(Legs(
+            [PullEntry(leg.params, leg.ports, leg.sync_uuid) for leg in self.rtmp2rtp.values()],
+            [PushEntry(leg.params, leg.ports, sorted(leg.requesters))
+             for leg in self.rtp2rtmp.values()],
+        ))
 
     # -- whole gateway ----------------------------------------------------------
 
@@ -169,7 +231,8 @@ class Registry:
 
     # -- helpers ----------------------------------------------------------------
 
-    def _start(self, leg: L) -> L:
+    def _start(self, leg: L, ports: list[int] | None = None) -> L:
+        leg.wanted_ports = list(ports or [])
         try:
             leg.start()
         except BaseException:

@@ -25,6 +25,8 @@ class Config:
     log_file: str | None = None
     log_format: str = "json"
     stats_interval: float = 10.0
+    # The journal of running legs, restored at start (README "Crashes and restarts").
+    state_dir: str | None = None
     # Who may call, and how long and how much (README "Who may call the gateway").
     allow_from: str | list[str] = DEFAULT_ALLOW_FROM
     idle_timeout: float = 30.0
@@ -106,6 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("json", "text"), help="log format (json)")
     parser.add_argument("--stats-interval", type=float,
                         help="seconds between per-leg stats lines (10)")
+    parser.add_argument("--state-dir",
+                        help="journal the running legs here and restore them at start (none)")
     parser.add_argument("--allow-from", help="CIDR,... whose connections the Thrift and status "
                         "ports accept (loopback and private ranges)")
     parser.add_argument("--idle-timeout", type=float,

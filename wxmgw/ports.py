@@ -61,8 +61,14 @@ class PortAllocator:
     def in_use(self) -> list[int]:
         return sorted(self._in_use)
 
-    def allocate(self) -> PortPair:
-        """Bind the next free even/odd pair; :class:`NoFreePort` when none is left."""
+    def allocate(self, port: int | None = None) -> PortPair:
+        """Bind the next free even/odd pair, or ``port`` and the next one when given.
+
+        :class:`NoFreePort` when none is left, or when ``port`` is outside the
+        range, odd, or cannot be bound (a journaled leg restored on its ports).
+        """
+        if port is not None:
+            return self._allocate_at(port)
         for _ in range(self._count):
             port = self._first + 2 * self._next
             self._next = (self._next + 1) % self._count
@@ -74,6 +80,16 @@ class PortAllocator:
                 return pair
         last = self._first + 2 * self._count - 1
         raise NoFreePort(f"no free RTP port pair in {self._first}-{last}")
+
+    def _allocate_at(self, port: int) -> PortPair:
+        last = self._first + 2 * self._count - 1
+        if not self._first <= port < last or (port - self._first) % 2:
+            raise NoFreePort(f"port {port} is not an RTP port of {self._first}-{last}")
+        pair = None if port in self._in_use else self._bind(port)
+        if pair is None:
+            raise NoFreePort(f"RTP port pair {port}-{port + 1} cannot be bound again")
+        self._in_use[port] = pair
+        return pair
 
     def release(self, pair: PortPair) -> None:
         """Close both sockets and give the pair back; releasing twice is harmless."""

@@ -55,12 +55,14 @@ class Leg:
         self.state = LegState.STARTING
         self.started_at = time.time()
         self._pairs: list[PortPair] = []
+        #: Ports to bind again, in allocation order (a leg restored from the journal).
+        self.wanted_ports: list[int] = []
 
     def log(self, name: str, level: int = logging.INFO, **fields: Any) -> None:
         event(logger, name, level, confId=self.conf_id, uuid=self.uuid, leg=self.kind, **fields)
 
     def allocate_pair(self) -> PortPair:
-        pair = self.ctx.ports.allocate()
+        pair = self.ctx.ports.allocate(self.wanted_ports.pop(0) if self.wanted_ports else None)
         self._pairs.append(pair)
         return pair
 
@@ -98,13 +100,18 @@ class Leg:
         """The leg's counters, for the periodic stats line and /monitor/state."""
         return {}
 
+    @property
+    def ports(self) -> list[int]:
+        """The RTP ports of the leg's pairs, in allocation order."""
+        return [p.port for p in self._pairs]
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "uuid": self.uuid,
             "confId": self.conf_id,
             "state": self.health() if self.state is LegState.RUNNING else self.state.value,
-            "ports": [p.port for p in self._pairs],
+            "ports": self.ports,
             **self.describe(),
             "stats": self.stats(),
         }
