@@ -27,6 +27,9 @@ _FLAGS: list[tuple[str, str]] = [
     ("--gateway-timeout", "seconds for one Thrift call (default 3)"),
     ("--poll-interval", "seconds between gateway state polls (default 2)"),
     ("--body-limit", "largest HTTP body in bytes (default 65536)"),
+    ("--allow-from", "CIDR,... whose connections are accepted (default loopback and private "
+                     "ranges); others are closed and logged"),
+    ("--idle-timeout", "seconds a connection may stay silent (default 30)"),
 ]
 
 
@@ -59,7 +62,9 @@ def serve(config: Settings) -> None:
         Gateways(config.wxmgw, timeout=min(1.0, config.poll_interval)),
         lambda address: Mcs(address, timeout=config.gateway_timeout),
     )
-    run(App(front, body_limit=config.body_limit), config.host, config.port, config.poll_interval)
+    run(App(front, body_limit=config.body_limit), config.host, config.port,
+        allow=config.allow_from, idle_timeout=config.idle_timeout,
+        poll_interval=config.poll_interval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Settings of ``callroute serve``: defaults < TOML file < command-line flags.
 
-Pure (standard library only, no sockets), so the entry point can read its
+Pure (standard library and :mod:`wxmgw.access`, no sockets), so the entry point can read its
 settings before ``gevent.monkey.patch_all()`` would matter. TOML keys are
 the flag names with ``_`` or ``-`` (``rtmp_push_base = "rtmp://..."``,
 ``wxmgw = ["10.0.0.5:9090@9091", "10.0.0.6:9090"]``).
@@ -14,7 +14,10 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from wxmgw.access import DEFAULT_ALLOW_FROM, AllowList
+
 DEFAULT_STATUS_PORT = 9091
+DEFAULT_ALLOW = AllowList.parse(DEFAULT_ALLOW_FROM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,10 @@ class Settings:
     poll_interval: float = 2.0
     """Seconds between two polls of every gateway's ``/monitor/state``."""
     body_limit: int = 64 * 1024
+    allow_from: AllowList = DEFAULT_ALLOW
+    """Networks whose connections are accepted; others are closed at accept and logged."""
+    idle_timeout: float = 30.0
+    """Seconds a connection may stay silent before it is closed."""
 
     @property
     def play_base(self) -> str:
@@ -148,6 +155,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "gateway_timeout": _positive(float),
     "poll_interval": _positive(float),
     "body_limit": _positive(int),
+    "allow_from": AllowList.parse,
+    "idle_timeout": _positive(float),
 }
 assert set(_PARSERS) == {f.name for f in fields(Settings)}
 

@@ -29,7 +29,6 @@ from urllib.parse import parse_qsl, urlsplit
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIServer
 
 from callroute.front import Front
 from callroute.gateways import Gateways
@@ -48,6 +47,8 @@ from callroute.protocol import (
     reply,
 )
 from callroute.rooms import Stream
+from wxmgw.access import AllowList, redact_token
+from wxmgw.guard import GuardedWSGIServer
 from wxmgw.logs import event
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,8 @@ class App:
         stream: Stream | None = self.front.rooms.stream(name) if app in apps else None
         event(logger, f"rtmp_{call}", confId=stream.conf_id if stream else None,
               uuid=stream.uuid if stream else None, kind=stream.kind.value if stream else None,
-              app=app[:100], stream=name[:100], addr=fields.get("addr"), allowed=stream is not None)
+              app=app[:100], stream=redact_token(name[:100]), addr=fields.get("addr"),
+              allowed=stream is not None)
         status = "200 OK" if stream is not None else "403 Forbidden"
         start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "0")])
         return [b""]
@@ -182,11 +184,14 @@ def _poll_forever(gateways: Gateways, interval: float) -> None:
         gateways.poll_once()
 
 
-def run(app: App, host: str, port: int, poll_interval: float = 2.0) -> None:
+def run(
+    app: App, host: str, port: int, *, allow: AllowList, idle_timeout: float = 30.0,
+    poll_interval: float = 2.0,
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain the requests in flight (5 s at most)."""
-    server = WSGIServer(
-        (host, port), app, log=None, error_log=logging.getLogger("callroute.http"),
-        spawn=Pool(1000),
+    server = GuardedWSGIServer(
+        (host, port), app, name="callroute", allow=allow, idle_timeout=idle_timeout,
+        log=None, error_log=logging.getLogger("callroute.http"), spawn=Pool(1000),
     )
     app.front.gateways.poll_once()
     poller = gevent.spawn(_poll_forever, app.front.gateways, poll_interval)

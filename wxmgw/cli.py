@@ -8,6 +8,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402 (monkey-patching comes first)
 import logging  # noqa: E402
+import resource  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 
@@ -22,8 +23,17 @@ from wxmgw.logs import event, setup_logging  # noqa: E402
 logger = logging.getLogger("wxmgw")
 
 
+def raise_fd_limit() -> None:
+    """Open files up to the hard limit: 1000 Thrift connections and two sockets per RTP port
+    pair need more than the usual soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(config: cfg.Config) -> int:
     setup_logging(config.log_format, config.log_file)
+    raise_fd_limit()
     gateway = Gateway(config)
     try:
         gateway.start()

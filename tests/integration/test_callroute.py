@@ -9,10 +9,12 @@ connects to RTMP in the background.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -306,3 +308,58 @@ def test_request_log_lines(front: FrontProcess) -> None:
     assert [(e["uuid"], e["method"], e["code"]) for e in requests] == [
         ("log-a", "wxjoinconf", "0"), ("log-a", "wxquitconf", "0")]
     assert all(isinstance(e["duration_ms"], float | int) for e in requests)
+
+
+def test_no_stream_token_in_state_or_logs(
+    front: FrontProcess, gateways: list[GatewayProcess],
+) -> None:
+    a = front.send(message("wxjoinconf", "tok-a", "tok"))["result"]
+    b = front.send(message("wxjoinconf", "tok-b", "tok"))["result"]
+    watched = front.send(video("wxreqvideo", "tok-b", "tok", a["audiossrc"]))["result"]
+    front.send(video(" wxreqavsync", "tok-a", "tok", b["audiossrc"]))
+    urls = [a["pushurl"], a["pullaudiourl"], b["pushurl"], b["pullaudiourl"], watched["pullurl"]]
+    tokens = {url.rsplit("/", 1)[1] for url in urls}
+    for token in tokens:
+        front.request("/rtmp/on_publish", urlencode({"app": "live", "name": token}).encode())
+
+    def logs() -> str:
+        return "".join(g.log() for g in gateways) + front.log_path.read_text()
+
+    # the pulls fail to connect (nothing listens on PUSH_BASE) and log their URLs: cut
+    wait_for(lambda: all(f"{token[:8]}…" in logs() for token in tokens))
+    states = []
+    for url in [f"http://127.0.0.1:{g.status_port}/monitor/state" for g in gateways]:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            states.append(resp.read().decode())
+    assert any("pullUrl" in s for s in states)
+    seen = logs() + "".join(states) + json.dumps(front.state())
+    assert [token for token in tokens if token in seen] == []
+    front.send(message("wxquitconf", "tok-a", "tok"))
+    front.send(message("wxquitconf", "tok-b", "tok"))
+
+
+def test_front_refuses_peers_outside_its_allow_list(tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "front.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callroute.cli", "serve", "--host", "127.0.0.1",
+         "--port", str(port), "--wxmgw", f"127.0.0.1:{free_port()}",
+         "--allow-from", "127.0.0.1/32", "--log-file", str(log)],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_for(lambda: log.exists() and '"listening"' in log.read_text())
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET /monitor/state HTTP/1.0\r\n\r\n")
+            s.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):  # closed with the request unread
+                assert s.recv(100) == b""
+        refused = [json.loads(line) for line in log.read_text().splitlines()
+                   if '"connection_refused"' in line]
+        assert [(e["server"], e["peer"].split(":")[0]) for e in refused] == [
+            ("callroute", "127.0.0.2")]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/monitor/state", timeout=5) as r:
+            assert json.load(r)["resultCode"] == 10000
+    finally:
+        terminate(proc)

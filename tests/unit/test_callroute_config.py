@@ -55,7 +55,20 @@ def test_toml_then_flags(tmp_path: Path) -> None:
     {"log_format": "xml"},
     {"gateway_timeout": 0},
     {"body_limit": -1},
+    {"allow_from": "10.0.0.0/33"},
+    {"allow_from": ""},
+    {"idle_timeout": 0},
 ])
 def test_refusals(layer: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         settings(layer)
+
+
+def test_allow_from_defaults_to_loopback_and_private_ranges() -> None:
+    s = settings()
+    assert s.allow_from.allows("127.0.0.1") and s.allow_from.allows("10.9.8.7")
+    assert not s.allow_from.allows("203.0.113.5")
+    args = build_parser().parse_args(["serve", "--allow-from", "203.0.113.0/24, 127.0.0.1"])
+    narrowed = load(args).allow_from
+    assert narrowed.allows("203.0.113.5") and not narrowed.allows("10.9.8.7")
+    assert settings({"allow-from": ["192.0.2.0/24"]}).allow_from.allows("192.0.2.1")
