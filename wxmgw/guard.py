@@ -12,7 +12,7 @@ import logging
 import socket
 from typing import Any
 
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from wxmgw.access import AllowList
 from wxmgw.logs import event
@@ -38,8 +38,21 @@ def admit(sock: socket.socket, address: Any, allow: AllowList, server: str) -> b
     return False
 
 
+class _Handler(WSGIHandler):
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        """pywsgi's hook for bad client input: a request still unfinished after the idle
+        timeout is closed unanswered with one log line, not a traceback on stderr."""
+        if isinstance(ex, TimeoutError):
+            event(logger, "http_request_timeout", server=self.server.name,
+                  peer=peer_name(self.client_address))
+            return None
+        return super()._handle_client_error(ex)
+
+
 class GuardedWSGIServer(WSGIServer):
     """gevent's pywsgi behind :func:`admit`, every read bounded by ``idle_timeout`` seconds."""
+
+    handler_class = _Handler
 
     def __init__(
         self, listener: tuple[str, int], application: Any, *, name: str, allow: AllowList,

@@ -130,3 +130,17 @@ def test_status_redacts_stream_names_and_refuses_outsiders(caplog):
         assert events(caplog, "connection_refused")[0]["server"] == "status"
     finally:
         status.stop()
+
+
+def test_a_status_request_unfinished_after_the_idle_timeout_is_closed_with_one_line(caplog):
+    caplog.set_level(logging.INFO)
+    status = StatusServer("127.0.0.1", 0, dict, CollectorRegistry(), allow=LOOPBACK,
+                          idle_timeout=0.2)
+    status.start()
+    try:
+        with socket.create_connection(("127.0.0.1", status.port)) as s:
+            s.sendall(b"GET /monitor/state HTTP/1.1\r\nHost: x\r\n")
+            assert closed_by_server(s)
+        assert events(caplog, "http_request_timeout")[0]["server"] == "status"
+    finally:
+        status.stop()
