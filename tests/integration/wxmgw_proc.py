@@ -54,14 +54,18 @@ class GatewayProcess:
         self.rtp_lo, self.rtp_hi = free_port_range(rtp_ports)
         self.log_path = tmp / f"wxmgw-{self.thrift_port}.log"
         self.transport = transport
-        args = [
+        self.args = [
             sys.executable, "-m", "wxmgw.cli", "serve",
             "--thrift-host", "127.0.0.1", "--thrift-port", str(self.thrift_port),
             "--status-port", str(self.status_port), "--transport", transport,
             "--rtp-ports", f"{self.rtp_lo}-{self.rtp_hi}", "--media-ip", "127.0.0.1",
             "--log-file", str(self.log_path), "--log-format", "json", *(extra or []),
         ]
-        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._launch()
+
+    def _launch(self) -> None:
+        self.proc = subprocess.Popen(self.args, cwd=ROOT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -88,3 +92,12 @@ class GatewayProcess:
 
     def stop(self, timeout: float = 10) -> int:
         return terminate(self.proc, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: no graceful stop."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def start_again(self) -> None:
+        """The same command line again (same ports, same state), once it is ready."""
+        self._launch()
