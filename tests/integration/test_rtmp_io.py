@@ -111,6 +111,38 @@ def test_reader_reconnects_after_nginx_restart(nginx: NginxRtmp, ffmpeg_publish:
     assert reader.stats.reconnects >= 1
 
 
+def test_reader_restarts_after_an_unexpected_error(nginx: NginxRtmp, ffmpeg_publish: Publish,
+                                                  collector: Collector) -> None:
+    """No worker dies silently (#12 item 3): a bug on the way is reported, then the pull goes on."""
+    url = nginx.rtmp_url("cam")
+    ffmpeg_publish(url, seconds=30)
+    states: list[str] = []
+    failed: list[VideoFrame] = []
+
+    def on_video(frame: VideoFrame) -> None:
+        if len(collector.video) == 5 and not failed:
+            failed.append(frame)  # fail once: the next frame is after the restart
+            raise KeyError("a bug")
+        collector.video.append(frame)
+
+    def on_event(kind: str, info: dict[str, Any]) -> None:
+        collector.events.append((kind, info))
+        states.append(reader.state)
+
+    reader = RtmpReader(url, on_video=on_video, on_audio=collector.audio.append,
+                        on_event=on_event, name="test")
+    reader.start()
+    try:
+        wait_for(lambda: len(collector.video) >= 20)
+    finally:
+        reader.close()
+        assert reader.join(10)
+    (info,) = [i for k, i in collector.events if k == "crashed"]
+    assert info["error"] == "KeyError: 'a bug'" and isinstance(info["exc"], KeyError)
+    assert "failed: KeyError: 'a bug'" in states
+    assert reader.stats.crashes == 1 and collector.count("connected") == 2
+
+
 def signal_nginx(nginx: NginxRtmp, sig: signal.Signals) -> None:
     """Signal nginx's master and its workers (the RTMP sessions live in a worker)."""
     pid = nginx.pid
