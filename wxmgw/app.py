@@ -8,9 +8,11 @@ from typing import Any
 import gevent
 from prometheus_client import Gauge
 
+from wxmgw import cluster
+from wxmgw.cluster import RedisJournal, Registration
 from wxmgw.conference import Registry
 from wxmgw.config import Config
-from wxmgw.journal import Journal
+from wxmgw.journal import FileJournal, Journal
 from wxmgw.legs.base import LegContext
 from wxmgw.logs import event
 from wxmgw.ports import PortAllocator, parse_port_range
@@ -35,7 +37,7 @@ class Gateway:
         self.registry = Registry(
             LegContext(self.ports, config.media_ip, config.stats_interval, loss=loss,
                        rtmp=config.rtmp_limits(), max_access_unit=config.max_access_unit),
-            Journal(config.state_dir) if config.state_dir else None,
+            self._journal(),
         )
         self.metrics = Metrics()
         Gauge("wxmgw_legs", "Legs running", registry=self.metrics.registry).set_function(
@@ -55,6 +57,22 @@ class Gateway:
         )
         self._stats: gevent.Greenlet | None = None
 
+    def _journal(self) -> Journal | None:
+        """Redis (and a registration there) with ``--redis``, else a file with ``--state-dir``."""
+        config = self.config
+        self.registration: Registration | None = None
+        if config.redis:
+            journal = RedisJournal(cluster.connect(config.redis), config.node)
+            entry = {"name": config.node, "host": config.advertised, "port": config.thrift_port,
+                     "statusPort": config.status_port}
+            self.registration = Registration(journal.client, journal, entry, self._load)
+            return journal
+        return FileJournal(config.state_dir) if config.state_dir else None
+
+    def _load(self) -> dict[str, int]:
+        return {"legs": len(self.registry.legs()), "capacity": self.ports.capacity,
+                "portsInUse": len(self.ports.in_use)}
+
     def start(self) -> None:
         self.registry.restore()  # the journaled legs take their ports back before anyone asks
         self.thrift.start()
@@ -64,6 +82,8 @@ class Gateway:
             self.thrift.stop()
             raise
         self._stats = gevent.spawn(self._log_stats)
+        if self.registration is not None:
+            self.registration.start()
         event(logger, "gateway_started", thriftPort=self.thrift.port, statusPort=self.status.port,
               transport=self.config.transport, rtpPorts=self.config.rtp_ports,
               mediaIp=self.config.media_ip, allowFrom=str(self.thrift.allow))
@@ -71,6 +91,8 @@ class Gateway:
     def stop(self) -> None:
         """Stop accepting, stop every leg, release every port."""
         event(logger, "gateway_stopping", legs=len(self.registry.legs()))
+        if self.registration is not None:
+            self.registration.stop()
         self.thrift.stop(timeout=1.0)
         if self._stats is not None:
             self._stats.kill()

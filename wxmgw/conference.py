@@ -25,7 +25,7 @@ from gevent.lock import RLock
 
 from wxmgw import requests as rq
 from wxmgw.errors import Code, Conflict, NoLocalSource, UnknownLeg, WxmgwError
-from wxmgw.journal import Journal, Legs, PullEntry, PushEntry
+from wxmgw.journal import Journal, JournalUnavailable, Legs, PullEntry, PushEntry
 from wxmgw.legs.base import Leg, LegContext
 from wxmgw.legs.roommix import RoomMixer
 from wxmgw.legs.rtmp2rtp import Rtmp2rtp
@@ -160,7 +160,7 @@ class Registry:
         """
         if self.journal is None:
             return
-        legs = self.journal.load()
+        legs = self._owned(self.journal.load())
         started = [
             *(self._restore(p, self.start_pull, p.params, p.ports) for p in legs.pulls),
             *(self._restore(p, self.start_push, p.params, p.ports, p.requesters)
@@ -171,8 +171,30 @@ class Registry:
                 sync = rq.AvSync(pull.params.uuid, pull.params.conf_id, pull.sync_uuid)
                 self._restore(pull, self.av_sync, sync)
         event(logger, "journal_restored", legs=sum(started), failed=started.count(False),
-              path=str(self.journal.path))
+              journal=self.journal.where)
         self._journal()
+
+    def _owned(self, legs: Legs) -> Legs:
+        """The journaled legs of conferences that no front has moved to another gateway."""
+        assert self.journal is not None
+        moved: dict[str, str | None] = {}
+        entries: list[PullEntry | PushEntry] = [*legs.pulls, *legs.pushes]
+        for entry in entries:
+            conf_id = entry.params.conf_id
+            if conf_id not in moved:
+                try:
+                    moved[conf_id] = self.journal.moved_to(conf_id)
+                except JournalUnavailable as e:  # nobody to ask: restore, the front reconciles
+                    event(logger, "ownership_unknown", logging.WARNING, confId=conf_id,
+                          error=str(e))
+                    moved[conf_id] = None
+                if moved[conf_id] is not None:
+                    event(logger, "conference_not_restored", confId=conf_id,
+                          movedTo=moved[conf_id])
+        return Legs(
+            [p for p in legs.pulls if moved[p.params.conf_id] is None],
+            [p for p in legs.pushes if moved[p.params.conf_id] is None],
+        )
 
     def _restore(
         self, entry: PullEntry | PushEntry, start: Callable[..., object], *args: Any

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import tomllib
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -27,6 +28,10 @@ class Config:
     stats_interval: float = 10.0
     # The journal of running legs, restored at start (README "Crashes and restarts").
     state_dir: str | None = None
+    # A cluster: registered and journaled in Redis (README "A cluster").
+    redis: str | None = None
+    advertise_host: str | None = None
+    node_name: str | None = None
     # Who may call, and how long and how much (README "Who may call the gateway").
     allow_from: str | list[str] = DEFAULT_ALLOW_FROM
     idle_timeout: float = 30.0
@@ -47,6 +52,18 @@ class Config:
     # What one H.264 access unit from the MAS may make the gateway hold: past
     # it the unit is dropped and video resyncs at the next keyframe.
     max_access_unit: int = MAX_ACCESS_UNIT
+
+    @property
+    def advertised(self) -> str:
+        """The host fronts reach this gateway's Thrift and status ports at."""
+        if self.advertise_host:
+            return self.advertise_host
+        return socket.gethostname() if self.thrift_host == "0.0.0.0" else self.thrift_host
+
+    @property
+    def node(self) -> str:
+        """The gateway's name in the cluster: what the fronts call it."""
+        return self.node_name or f"{self.advertised}:{self.thrift_port}"
 
     def check(self) -> Config:
         if self.transport not in ("buffered", "framed"):
@@ -110,6 +127,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between per-leg stats lines (10)")
     parser.add_argument("--state-dir",
                         help="journal the running legs here and restore them at start (none)")
+    parser.add_argument("--redis", help="redis://HOST:PORT/DB: register in the cluster and "
+                        "journal the legs there instead of --state-dir (none)")
+    parser.add_argument("--advertise-host",
+                        help="the address fronts reach this gateway at (--thrift-host, or the "
+                        "host name when that is 0.0.0.0)")
+    parser.add_argument("--node-name",
+                        help="its stable name in the cluster (ADVERTISE-HOST:THRIFT-PORT)")
     parser.add_argument("--allow-from", help="CIDR,... whose connections the Thrift and status "
                         "ports accept (loopback and private ranges)")
     parser.add_argument("--idle-timeout", type=float,

@@ -2,12 +2,14 @@
 
 Every accepted StartPull, StartPush and AvSync (its parameters and the RTP
 ports it was given) and every Stop changes the journal, which is the whole
-set of running legs as one JSON document under ``--state-dir``. It is
-rewritten at each change through a temporary file and an atomic rename: a
-process killed at any point leaves the previous or the new document, never
-a torn one. It is not synced to disk (a write costs a fraction of a
-millisecond on the hub, an fsync can cost tens): a host that loses power may
-lose the last changes, which the front's own state covers.
+set of running legs as one JSON document: in Redis under the gateway's node
+name when it is started with ``--redis`` (:mod:`wxmgw.cluster`), else in
+``legs.json`` under ``--state-dir``. The file is rewritten at each change
+through a temporary file and an atomic rename: a process killed at any point
+leaves the previous or the new document, never a torn one. It is not synced
+to disk (a write costs a fraction of a millisecond on the hub, an fsync can
+cost tens): a host that loses power may lose the last changes, which the
+front's reconciliation covers.
 
 A graceful stop (SIGTERM) leaves the journal as it is, so that an upgrade or
 a restart brings every leg back. An unreadable journal is logged, set aside
@@ -59,47 +61,99 @@ class Legs:
 
 
 class Journal:
-    """``legs.json`` in ``state_dir``: :meth:`save` at every change, :meth:`load` at start."""
+    """Where the legs are journaled: :meth:`save` at every change, :meth:`load` at start."""
 
-    def __init__(self, state_dir: str | Path) -> None:
-        self.dir = Path(state_dir)
-        self.path = self.dir / "legs.json"
-        self.dir.mkdir(parents=True, exist_ok=True)
+    #: Where the journal is, for the log.
+    where: str = ""
+
+    def __init__(self) -> None:
         self.writes = 0
         self.errors = 0
 
     def save(self, legs: Legs) -> None:
         """Replace the journal with ``legs``; a failed write is logged and counted, not raised."""
-        doc = {"version": VERSION, **asdict(legs)}
-        tmp = self.path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            os.replace(tmp, self.path)
-        except OSError as e:
+            self._write(json.dumps({"version": VERSION, **asdict(legs)}, separators=(",", ":")))
+        except (OSError, JournalUnavailable) as e:
             self.errors += 1
-            event(logger, "journal_write_failed", logging.ERROR, path=str(self.path), error=str(e))
+            event(logger, "journal_write_failed", logging.ERROR, journal=self.where, error=str(e))
             return
         self.writes += 1
 
     def load(self) -> Legs:
-        """The journaled legs; an absent journal is empty, an unreadable one is set aside."""
+        """The journaled legs; none when there is no journal, or when it is unreadable
+        (logged, and set aside where the backend can)."""
         try:
-            doc = json.loads(self.path.read_text())
-            if not isinstance(doc, dict) or doc.get("version") != VERSION:
-                raise ValueError(f"not a version {VERSION} journal")
-            pulls, pushes = doc.get("pulls", []), doc.get("pushes", [])
-            if not isinstance(pulls, list) or not isinstance(pushes, list):
-                raise ValueError("pulls and pushes must be lists")
+            text = self._read()
+        except (OSError, JournalUnavailable) as e:
+            event(logger, "journal_unreadable", logging.ERROR, journal=self.where, error=str(e))
+            return Legs()
+        if text is None:
+            return Legs()
+        try:
+            return decode(text)
+        except ValueError as e:
+            event(logger, "journal_unreadable", logging.ERROR, journal=self.where, error=str(e))
+            self._set_aside()
+            return Legs()
+
+    def moved_to(self, conf_id: str) -> str | None:
+        """The gateway that runs ``conf_id`` now, when it is another (its legs stay here)."""
+        return None
+
+    def _write(self, text: str) -> None:
+        raise NotImplementedError
+
+    def _read(self) -> str | None:
+        raise NotImplementedError
+
+    def _set_aside(self) -> None:
+        raise NotImplementedError
+
+
+class JournalUnavailable(Exception):
+    """The journal's store cannot be reached (a backend's own errors, wrapped)."""
+
+
+class FileJournal(Journal):
+    """``legs.json`` in ``state_dir``, replaced through a temporary file and a rename."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        super().__init__()
+        self.dir = Path(state_dir)
+        self.path = self.dir / "legs.json"
+        self.where = str(self.path)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, text: str) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
+
+    def _read(self) -> str | None:
+        try:
+            return self.path.read_text()
         except FileNotFoundError:
-            return Legs()
-        except (OSError, ValueError) as e:
-            event(logger, "journal_unreadable", logging.ERROR, path=str(self.path), error=str(e))
-            os.replace(self.path, self.path.with_suffix(".json.corrupt"))
-            return Legs()
-        return Legs(
-            [e for e in (_entry(_pull, x) for x in pulls) if e is not None],
-            [e for e in (_entry(_push, x) for x in pushes) if e is not None],
-        )
+            return None
+        except UnicodeDecodeError as e:
+            raise ValueError(str(e)) from None
+
+    def _set_aside(self) -> None:
+        os.replace(self.path, self.path.with_suffix(".json.corrupt"))
+
+
+def decode(text: str) -> Legs:
+    """The legs of a journal document; ValueError when it is not one (bad entries are skipped)."""
+    doc = json.loads(text)
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        raise ValueError(f"not a version {VERSION} journal")
+    pulls, pushes = doc.get("pulls", []), doc.get("pushes", [])
+    if not isinstance(pulls, list) or not isinstance(pushes, list):
+        raise ValueError("pulls and pushes must be lists")
+    return Legs(
+        [e for e in (_entry(_pull, x) for x in pulls) if e is not None],
+        [e for e in (_entry(_push, x) for x in pushes) if e is not None],
+    )
 
 
 def _pull(data: dict[str, Any]) -> PullEntry:

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from wxmgw import requests as rq  # noqa: E402
 from wxmgw.conference import Registry  # noqa: E402
-from wxmgw.journal import Journal, Legs, PullEntry, PushEntry  # noqa: E402
+from wxmgw.journal import FileJournal, Legs, PullEntry, PushEntry  # noqa: E402
 from wxmgw.legs.base import LegContext  # noqa: E402
 from wxmgw.ports import PortAllocator  # noqa: E402
 
@@ -38,14 +38,14 @@ def allocator():
 
 
 def registry(allocator: PortAllocator, state: Path) -> Registry:
-    return Registry(LegContext(allocator, "127.0.0.1"), Journal(state))
+    return Registry(LegContext(allocator, "127.0.0.1"), FileJournal(state))
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+    journal = FileJournal(tmp_path)
     legs = Legs([PullEntry(PULL, [30000, 30002], "m1")], [PushEntry(PUSH, [30004, 30006], ["a"])])
     journal.save(legs)
-    assert Journal(tmp_path).load() == legs
+    assert FileJournal(tmp_path).load() == legs
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -70,7 +70,7 @@ def test_a_restarted_registry_runs_the_same_legs_on_the_same_ports(allocator, tm
         assert second.rtp2rtmp["m1"].requesters == {"mp1", "mp2"}
         assert second.rtmp2rtp["mp1"].sync_uuid == "m1"
         second.stop_push(rq.LegRef("m1", "c1"))
-        assert [e.params.uuid for e in Journal(tmp_path).load().pushes] == []
+        assert [e.params.uuid for e in FileJournal(tmp_path).load().pushes] == []
     finally:
         second.stop_all()
 
@@ -95,12 +95,12 @@ def test_a_port_taken_meanwhile_fails_that_leg_only(allocator, tmp_path):
 @pytest.mark.parametrize("text", ["{", "[]", '{"version": 9}', '{"version": 1, "pulls": 3}'])
 def test_an_unreadable_journal_is_set_aside(tmp_path: Path, text: str) -> None:
     (tmp_path / "legs.json").write_text(text)
-    assert Journal(tmp_path).load() == Legs()
+    assert FileJournal(tmp_path).load() == Legs()
     assert (tmp_path / "legs.json.corrupt").read_text() == text
 
 
 def test_a_bad_entry_is_skipped_the_rest_kept(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+    journal = FileJournal(tmp_path)
     journal.save(Legs([PullEntry(PULL, [1, 2])]))
     doc = json.loads(journal.path.read_text())
     doc["pulls"].append({"params": {"uuid": "x"}, "ports": [], "sync_uuid": ""})
