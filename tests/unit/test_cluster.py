@@ -7,13 +7,12 @@ monkey.patch_all()
 import json  # noqa: E402
 
 import redis  # noqa: E402
+from test_journal import PULL  # noqa: E402
 
 from wxmgw import cluster  # noqa: E402
 from wxmgw.cluster import RedisJournal, Registration  # noqa: E402
 from wxmgw.journal import Legs, PullEntry  # noqa: E402
 from wxmgw.redisd import RedisServer  # noqa: E402
-
-from test_journal import PULL  # noqa: E402
 
 
 def test_registration_entry_expires_and_journal_catches_up(redis_server: RedisServer,
