@@ -106,19 +106,23 @@ class HostileRtmpServer:
     def _flood(self, conn: socket.socket, writer: ChunkWriter) -> None:
         """64 chunk streams, a 64 KiB chunk of each one's 1 MB message in turn, never ending."""
         conn.sendall(writer.chunks(Message(SET_CHUNK_SIZE, 0, 0, struct.pack(">I", _CHUNK)), 2))
-        first = {csid: True for csid in range(4, 4 + STREAMS)}
+        csids = range(4, 4 + STREAMS)
         body = bytes(_CHUNK)
-        for _ in range(MESSAGE // _CHUNK - 1):
-            for csid in first:
-                if first[csid]:
-                    head = bytes([csid]) + bytes(3) + MESSAGE.to_bytes(3, "big")
+        for n in range(MESSAGE // _CHUNK - 1):
+            for csid in csids:
+                if n == 0:  # type 0: a 1 MB video message starts
+                    head = _basic(0, csid) + bytes(3) + MESSAGE.to_bytes(3, "big")
                     head += bytes([VIDEO]) + (1).to_bytes(4, "little")
-                    first[csid] = False
-                else:
-                    head = bytes([0xC0 | csid])
+                else:  # type 3: more of it
+                    head = _basic(3, csid)
                 conn.sendall(head + body)
                 self.sent_partial += len(body)
         gevent.sleep(60)  # and then nothing: the messages never end
+
+
+def _basic(fmt: int, csid: int) -> bytes:
+    """A chunk basic header (RTMP §5.3.1.1): one byte up to id 63, two up to 319."""
+    return bytes([fmt << 6 | csid]) if csid < 64 else bytes([fmt << 6, csid - 64])
 
 
 def _recv_exactly(conn: socket.socket, n: int) -> bytes:

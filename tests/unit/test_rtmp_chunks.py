@@ -136,21 +136,31 @@ def test_amf0_depth_counts_nesting_not_siblings() -> None:
     assert len(amf0.decode(siblings, max_depth=2)[0]) == 1000  # type: ignore[arg-type]
 
 
+def _basic(fmt: int, csid: int) -> bytes:
+    """A chunk basic header (§5.3.1.1): one byte up to id 63, two up to 319."""
+    return bytes([fmt << 6 | csid]) if csid < 64 else bytes([fmt << 6, csid - 64])
+
+
 def _header(csid: int, length: int, type_id: int = VIDEO) -> bytes:
-    return bytes([csid]) + bytes(3) + length.to_bytes(3, "big") + bytes([type_id]) + bytes(4)
+    return _basic(0, csid) + bytes(3) + length.to_bytes(3, "big") + bytes([type_id]) + bytes(4)
 
 
-def test_many_chunk_streams_of_partial_messages_stop_at_the_buffered_cap() -> None:
+@pytest.mark.parametrize(("limits", "refusal"), [
+    (RtmpLimits(), "more than 32 chunk streams"),
+    (RtmpLimits(max_chunk_streams=100), "more than 4194304 bytes of partial messages"),
+])
+def test_many_chunk_streams_of_partial_messages_are_refused(
+    limits: RtmpLimits, refusal: str
+) -> None:
     """Finding 3: 64 chunk streams, each with 1 MB of a message that never ends."""
-    limits = RtmpLimits()
     reader = ChunkReader(limits)
     reader.feed(ChunkWriter().chunks(
         Message(SET_CHUNK_SIZE, 0, 0, (64 << 10).to_bytes(4, "big")), 2))
     most = 0
-    with pytest.raises(ParseError, match=r"partial messages|chunk streams"):
+    with pytest.raises(ParseError, match=refusal):
         for piece in range(16):  # 64 KiB of each stream's message at a time
             for csid in range(3, 3 + 64):
-                head = _header(csid, 1 << 20) if piece == 0 else bytes([0xC0 | csid])
+                head = _header(csid, 1 << 20) if piece == 0 else _basic(3, csid)
                 reader.feed(head + bytes(64 << 10))
                 most = max(most, reader.buffered)
     assert most <= limits.max_buffered
