@@ -121,3 +121,28 @@ def test_a_tick_with_nothing_to_mix_stays_on_the_speakers_timeline():
     assert first is not None and second is not None
     assert abs(first.ts - (100.0 - lag)) < 0.005
     assert abs(second.ts - (100.02 - lag)) < 0.005
+
+
+def test_a_tick_that_raises_is_logged_and_the_mixer_ticks_on(caplog):
+    """No worker dies silently (#12 item 3): a failing tick restarts the loop after a backoff."""
+    room = RoomMixer("c-crash")
+    real_tick, failures = room.tick, []
+
+    def tick(now: float) -> None:
+        if not failures:
+            failures.append(now)
+            raise IndexError("a bug")
+        real_tick(now)
+
+    room.tick = tick
+    room.add("a", Channel[AudioFrame]("a/audio"), Channel[AudioFrame]("a/mix"))
+    gevent.sleep(0.05)
+    assert room.stats()["state"] == "failed: IndexError: a bug" and room.crashes == 1
+    (record,) = [r for r in caplog.records if r.getMessage() == "mixer_crashed"]
+    assert record.exc_info is not None and record.fields["confId"] == "c-crash"
+    deadline = time.monotonic() + 10
+    while room.ticks < 5:
+        assert time.monotonic() < deadline, "the mixer did not tick again"
+        gevent.sleep(0.05)
+    assert room.stats()["state"] == "running"
+    room.close()
