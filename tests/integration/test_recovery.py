@@ -38,10 +38,14 @@ MIX_HZ = 600
 VIDEO_PT = 96
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path, rtp_ports=24,
-                        extra=["--state-dir", str(tmp_path / "state"), "--stats-interval", "1"])
+@pytest.fixture(params=["state-dir", "redis"])
+def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway journaling in a local file, or in Redis (a cluster member)."""
+    if request.param == "redis":
+        journal = ["--redis", request.getfixturevalue("redis_url")]
+    else:
+        journal = ["--state-dir", str(tmp_path / "state")]
+    gw = GatewayProcess(tmp_path, rtp_ports=24, extra=[*journal, "--stats-interval", "1"])
     yield gw
     gw.stop()
 
