@@ -134,8 +134,9 @@ class App:
             answer, code = reply(header, self.front.handle(req)), "0"
         except CallrouteError as exc:
             answer, code = error_reply(header, exc), exc.code.value
-        except Exception:
-            logger.exception("unexpected error handling %r", header)
+        except Exception as exc:
+            event(logger, "internal_error", logging.ERROR, exc, confId=conf_id,
+                  uuid=header.uuid or None, method=header.method.strip() or None)
             answer, code = error_reply(header, CallrouteError("internal error")), "123"
         event(logger, "request", confId=conf_id, uuid=header.uuid or None,
               method=header.method.strip() or None, code=code,

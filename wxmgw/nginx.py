@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import WxmgwError
+from .logs import event
 from .procs import terminate
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class NginxRtmp:
         except BaseException:
             self.stop()
             raise
-        logger.info("nginx-rtmp up: rtmp=%d http=%d", self.rtmp_port, self.http_port)
+        event(logger, "nginx_started", rtmpPort=self.rtmp_port, httpPort=self.http_port)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout

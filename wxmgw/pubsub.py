@@ -29,6 +29,7 @@ from typing import Generic, TypeVar
 
 from gevent.event import Event
 
+from wxmgw.logs import event
 from wxmgw.media.frames import AudioFrame, VideoFrame
 
 logger = logging.getLogger(__name__)
@@ -130,15 +131,12 @@ class Subscription(Generic[T]):
             self._ready.set()
             return
         self.dropped += 1
+        self._channel.dropped += 1
         now = self._channel.clock()
         if now - self._last_warn >= self._channel.warn_interval:
-            logger.warning(
-                "channel %s: subscriber %s is too slow, %d frames dropped (%d in total)",
-                self._channel.name,
-                self.name,
-                self.dropped - self._dropped_at_warn,
-                self.dropped,
-            )
+            event(logger, "subscriber_too_slow", logging.WARNING, channel=self._channel.name,
+                  subscriber=self.name, dropped=self.dropped - self._dropped_at_warn,
+                  total=self.dropped)
             self._last_warn = now
             self._dropped_at_warn = self.dropped
 
@@ -166,6 +164,8 @@ class Channel(Generic[T]):
         #: Called when a video subscriber starts and no keyframe is cached.
         self.on_keyframe_needed: Callable[[], None] | None = None
         self.published = 0
+        #: Frames lost by subscribers whose queue was full, all subscribers so far.
+        self.dropped = 0
         self.clock = clock
         # Replaced, never mutated, so publish iterates a stable snapshot.
         self._subs: tuple[Subscription[T], ...] = ()

@@ -87,9 +87,11 @@ def test_drop_warning_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     clock.now = 5.0
     ch.publish(audio(0.0))
     assert len(caplog.records) == 2
-    message = caplog.records[1].getMessage()
-    assert "uuid-1/audio" in message and "flv" in message
-    assert "50 frames dropped (51 in total)" in message
+    record = caplog.records[1]
+    assert record.getMessage() == "subscriber_too_slow"
+    assert record.fields == {  # type: ignore[attr-defined]
+        "channel": "uuid-1/audio", "subscriber": "flv", "dropped": 50, "total": 51}
+    assert ch.dropped == 51
 
 
 def test_channel_close_wakes_subscribers_and_ends_iteration() -> None:
