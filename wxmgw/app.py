@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import gevent
-from prometheus_client import Gauge
+from prometheus_client import Gauge, ProcessCollector
 
 from wxmgw import cluster
 from wxmgw.cluster import RedisJournal, Registration
@@ -15,6 +15,7 @@ from wxmgw.config import Config
 from wxmgw.journal import FileJournal, Journal
 from wxmgw.legs.base import LegContext
 from wxmgw.logs import event
+from wxmgw.metrics import HubLag, MediaCollector, StallWatch
 from wxmgw.ports import PortAllocator, parse_port_range
 from wxmgw.rtp.session import LossRepair
 from wxmgw.server import StatusServer, ThriftServer
@@ -36,7 +37,8 @@ class Gateway:
         )
         self.registry = Registry(
             LegContext(self.ports, config.media_ip, config.stats_interval, loss=loss,
-                       rtmp=config.rtmp_limits(), max_access_unit=config.max_access_unit),
+                       rtmp=config.rtmp_limits(), max_access_unit=config.max_access_unit,
+                       stall_after=config.stall_after),
             self._journal(),
         )
         self.metrics = Metrics()
@@ -45,6 +47,12 @@ class Gateway:
         )
         Gauge("wxmgw_rtp_ports_in_use", "RTP/RTCP port pairs bound",
               registry=self.metrics.registry).set_function(lambda: len(self.ports.in_use))
+        Gauge("wxmgw_rtp_ports_capacity", "RTP/RTCP port pairs in the range",
+              registry=self.metrics.registry).set_function(lambda: self.ports.capacity)
+        self.metrics.registry.register(
+            MediaCollector(self.registry.legs, config.metrics_max_legs))
+        ProcessCollector(registry=self.metrics.registry)
+        self._watchers = (HubLag(self.metrics.registry), StallWatch(self.registry.legs))
         allow = config.allow()
         self.thrift = ThriftServer(
             WxMgwHandler(self.registry, self.metrics), config.thrift_host, config.thrift_port,
@@ -56,6 +64,7 @@ class Gateway:
             allow=allow, idle_timeout=config.idle_timeout,
         )
         self._stats: gevent.Greenlet | None = None
+        self._watching: list[gevent.Greenlet] = []
 
     def _journal(self) -> Journal | None:
         """Redis (and a registration there) with ``--redis``, else a file with ``--state-dir``."""
@@ -82,6 +91,7 @@ class Gateway:
             self.thrift.stop()
             raise
         self._stats = gevent.spawn(self._log_stats)
+        self._watching = [gevent.spawn(w.run) for w in self._watchers]
         if self.registration is not None:
             self.registration.start()
         event(logger, "gateway_started", thriftPort=self.thrift.port, statusPort=self.status.port,
@@ -96,6 +106,7 @@ class Gateway:
         self.thrift.stop(timeout=1.0)
         if self._stats is not None:
             self._stats.kill()
+        gevent.killall(self._watching)
         self.registry.stop_all()
         self.status.stop(timeout=0.5)
         event(logger, "gateway_stopped", portsInUse=len(self.ports.in_use))

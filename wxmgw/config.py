@@ -52,6 +52,10 @@ class Config:
     # What one H.264 access unit from the MAS may make the gateway hold: past
     # it the unit is dropped and video resyncs at the next keyframe.
     max_access_unit: int = MAX_ACCESS_UNIT
+    # Operators' view (README "Watching a gateway"): a stream silent this long
+    # makes its leg "stalled"; legs past metrics_max_legs share one label set.
+    stall_after: float = 5.0
+    metrics_max_legs: int = 500
 
     @property
     def advertised(self) -> str:
@@ -85,6 +89,8 @@ class Config:
             raise InvalidArgument("resend-history must be 0-10 seconds")
         if self.max_access_unit < 1:
             raise InvalidArgument("max-access-unit must be positive")
+        if self.stall_after <= 0 or self.metrics_max_legs < 0:
+            raise InvalidArgument("stall-after must be positive, metrics-max-legs >= 0")
         parse_port_range(self.rtp_ports)
         if self.idle_timeout <= 0:
             raise InvalidArgument("idle-timeout must be positive")
@@ -152,6 +158,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of sent video kept to answer the MAS's NACKs; 0: none (1)")
     parser.add_argument("--max-access-unit", type=int,
                         help="bytes one H.264 frame from the MAS may hold; more drops it (2 MiB)")
+    parser.add_argument("--stall-after", type=float,
+                        help="seconds a silent stream takes to make its leg stalled (5)")
+    parser.add_argument("--metrics-max-legs", type=int,
+                        help="legs with their own confId/uuid labels in /metrics (500)")
 
 
 def load(args: argparse.Namespace) -> Config:

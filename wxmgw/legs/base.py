@@ -6,14 +6,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from wxmgw.logs import event
+from wxmgw.media.endpoint import LatencyWindow
 from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.ports import PortAllocator, PortPair
 from wxmgw.pubsub import ChannelRegistry
 from wxmgw.rtp.h264 import MAX_ACCESS_UNIT
-from wxmgw.rtp.session import LossRepair
+from wxmgw.rtp.session import LossRepair, RtpSession
 from wxmgw.supervise import RUNNING
 
 logger = logging.getLogger("wxmgw.leg")
@@ -23,6 +24,83 @@ class LegState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPED = "stopped"
+
+
+#: A leg's media health as people and alerts see it (besides ``reconnecting``, ``failed: why``).
+FLOWING: Final = "flowing"
+STALLED: Final = "stalled"
+
+
+@dataclass(slots=True)
+class Flow:
+    """One stream of a leg, read from the counters its parts keep anyway.
+
+    ``direction`` is where it goes from the gateway's point of view:
+    ``rtmp_in`` (pulled from the live server), ``rtp_out`` (sent to the MAS),
+    ``rtp_in`` (received from the MAS), ``rtmp_out`` (pushed to the live
+    server); ``media`` is ``audio``, ``video`` or ``av`` (a whole RTMP
+    connection). A counter left None does not apply to the flow.
+    ``silence`` is the seconds since its last media (incoming streams, and
+    outgoing ones that carry the network's frames); ``latency`` the added
+    latency of its frames per media, ``av_offset`` the A/V offset of what it
+    presents (seconds, positive: video late).
+    """
+
+    direction: str
+    media: str
+    packets: int | None = None
+    bytes: int | None = None
+    frames: int | None = None
+    lost: int | None = None
+    reordered: int | None = None
+    jitter: float | None = None
+    decode_errors: int | None = None
+    dropped: int | None = None
+    reconnects: int | None = None
+    pli: int | None = None
+    fir: int | None = None
+    nack: int | None = None
+    silence: float | None = None
+    av_offset: float | None = None
+    latency: dict[str, LatencyWindow] = field(default_factory=dict)
+    av_offsets: LatencyWindow | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The counters that apply, for /monitor/state (windows left out)."""
+        out: dict[str, Any] = {}
+        for name in _FLOW_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = round(value, 3) if isinstance(value, float) else value
+        return out
+
+
+_FLOW_FIELDS: Final = tuple(
+    f for f in Flow.__dataclass_fields__ if f not in ("latency", "av_offsets"))
+
+
+def received(session: RtpSession, media: str, **counters: Any) -> Flow:
+    """The ``rtp_in`` flow of a receiving session: packets, bytes, loss, reordering, jitter
+    (RFC 3550 §A.8), silence; ``counters`` add what the leg's decoding counts."""
+    s = session.stats
+    flow = Flow("rtp_in", media, packets=s.packets_received, bytes=s.bytes_received,
+                silence=session.clock() - session.last_received, **counters)
+    if session.jitter is not None:
+        j = session.jitter.stats
+        flow.lost, flow.reordered, flow.jitter = j.lost, j.reordered, j.jitter_seconds
+    return flow
+
+
+def media_state(health: str, flows: list[Flow], stall_after: float) -> str:
+    """``flowing``, ``stalled`` (a stream silent ``stall_after`` seconds) or the workers' health.
+
+    A leg whose workers are reconnecting or failed is that first: the
+    silence is their consequence.
+    """
+    if health != RUNNING:
+        return health
+    silent = any(f.silence is not None and f.silence >= stall_after for f in flows)
+    return STALLED if silent else FLOWING
 
 
 @dataclass(slots=True)
@@ -36,6 +114,8 @@ class LegContext:
     rtmp: RtmpLimits = DEFAULT_LIMITS
     loss: LossRepair = field(default_factory=LossRepair)
     max_access_unit: int = MAX_ACCESS_UNIT
+    #: A stream silent this many seconds makes its leg ``stalled``.
+    stall_after: float = 5.0
 
 
 class Leg:
@@ -100,18 +180,34 @@ class Leg:
         """The leg's counters, for the periodic stats line and /monitor/state."""
         return {}
 
+    def flows(self) -> list[Flow]:
+        """The leg's streams, for the metrics and the status page; subclasses list theirs."""
+        return []
+
     @property
     def ports(self) -> list[int]:
         """The RTP ports of the leg's pairs, in allocation order."""
         return [p.port for p in self._pairs]
 
+    def status(self) -> str:
+        """:meth:`health` while running, else ``starting`` or ``stopped``."""
+        return self.health() if self.state is LegState.RUNNING else self.state.value
+
+    def media_state(self, flows: list[Flow]) -> str:
+        """:func:`media_state` of the leg, from its ``flows``."""
+        return media_state(self.status(), flows, self.ctx.stall_after)
+
     def snapshot(self) -> dict[str, Any]:
+        """Parameters, counters, and ``media``: the leg's :func:`media_state`."""
+        flows = self.flows()
         return {
             "kind": self.kind,
             "uuid": self.uuid,
             "confId": self.conf_id,
-            "state": self.health() if self.state is LegState.RUNNING else self.state.value,
+            "state": self.status(),
+            "media": self.media_state(flows),
             "ports": self.ports,
             **self.describe(),
             "stats": self.stats(),
+            "flows": [f.summary() for f in flows],
         }

@@ -36,6 +36,8 @@ from typing import Any, Final
 import gevent
 import numpy as np
 
+from wxmgw.legs.base import Flow
+from wxmgw.media.endpoint import LatencyWindow
 from wxmgw.media.frames import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_FRAME_SECONDS,
@@ -94,6 +96,8 @@ class AvInterleaver:
     def __init__(self, base: float) -> None:
         self.base = base
         self.stats = InterleaverStats()
+        #: The A/V offset of each video frame released, in seconds.
+        self.offsets = LatencyWindow()
         self._slot: float | None = None  # capture time of the next audio slot
         self._audio_pts: int | None = None
         self._audio_delay: float | None = None  # arrival - capture of the latest audio frame
@@ -193,6 +197,7 @@ class AvInterleaver:
             out.append((h.frame, h.pts))
             self.stats.video_frames += 1
             self.stats.av_offset_ms = (h.pts - self._ms(h.frame.ts)) - self._audio_skew
+            self.offsets.add(self.stats.av_offset_ms / 1000)
         return out
 
 
@@ -283,6 +288,14 @@ class FlvPublisher:
             "crashes": self.crashes + w.crashes,
             "added_latency_ms": self._writer.latency_ms(),
         }
+
+    def flows(self) -> list[Flow]:
+        """The push: bytes, frames, reconnects, writes dropped, added latency, A/V offset."""
+        w, av = self._writer.stats, self._av.stats
+        return [Flow("rtmp_out", "av", bytes=w.bytes, frames=w.frames, reconnects=w.reconnects,
+                     dropped=w.dropped,
+                     av_offset=av.av_offset_ms / 1000 if av.video_frames else None,
+                     latency=self._writer.latency, av_offsets=self._av.offsets)]
 
     def _follow(self, kind: str, channel: Channel[Any]) -> None:
         sub: Subscription[Any] = channel.subscribe(name=f"{self.name}/flv")

@@ -30,7 +30,7 @@ import av.error
 import gevent
 
 from wxmgw.errors import WxmgwError
-from wxmgw.legs.base import Leg, LegContext
+from wxmgw.legs.base import Flow, Leg, LegContext, received
 from wxmgw.legs.flvpush import FlvPublisher
 from wxmgw.media.dsp import interpolator
 from wxmgw.media.frames import (
@@ -193,6 +193,10 @@ class MixReceiver:
             arrived = time.perf_counter()
             for i, chunk in enumerate(self._framer.push(pcm)):
                 self.out.publish(AudioFrame(chunk, start + i * AUDIO_FRAME_SECONDS, arrived))
+
+    def flow(self) -> Flow:
+        assert self.session is not None
+        return received(self.session, "audio", decode_errors=self.undecodable + self.dropped)
 
     @property
     def sr_mapped(self) -> bool:
@@ -400,6 +404,31 @@ class Rtmp2rtp(Leg):
             "videoCodec": p.video.codec,
             "syncUuid": self.sync_uuid,
         }
+
+    def flows(self) -> list[Flow]:
+        """The pull (per media: frames, silence), RTP to the MAS, the mix back and its push."""
+        out: list[Flow] = []
+        reader, channels = self._reader, self.channels
+        if reader is not None and channels is not None:
+            r, now = reader.stats, time.perf_counter()
+            out.append(Flow("rtmp_in", "av", packets=r.packets, bytes=r.bytes,
+                            reconnects=r.reconnects,
+                            decode_errors=r.frames_dropped + self._frame_errors))
+            for media, channel in (("video", channels.video), ("audio", channels.audio)):
+                out.append(Flow("rtmp_in", media, frames=self._frames_in[media],
+                                dropped=channel.dropped, silence=now - reader.last_media[media]))
+        for media, sender in (("video", self.video_out), ("audio", self.audio_out)):
+            if sender is not None:
+                s = sender.session.stats
+                out.append(Flow("rtp_out", media, packets=s.packets_sent, bytes=s.bytes_sent,
+                                frames=sender.frames, pli=s.pli_received, fir=s.fir_received,
+                                nack=s.nack_received,
+                                latency={media: reader.latency[media]} if reader else {}))
+        if self.mix_in is not None and self.mix_in.session is not None:
+            out.append(self.mix_in.flow())
+        if self._mix_out is not None:
+            out.extend(self._mix_out.flows())
+        return out
 
     def stats(self) -> dict[str, Any]:
         """Frames in, RTP out, reconnects, RTCP seen, errors, added latency and the A/V offset.

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wxmgw.errors import MediaError, NoLocalSource
-from wxmgw.legs.base import Leg, LegContext
+from wxmgw.legs.base import Flow, Leg, LegContext, received
 from wxmgw.legs.flvpush import FlvPublisher
 from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AUDIO_RATE, AudioFrame, VideoFrame
 from wxmgw.media.transcode import (
@@ -122,6 +122,12 @@ class Rtp2rtmp(Leg):
             "requesters": sorted(self.requesters),
         }
 
+    def flows(self) -> list[Flow]:
+        out = [part.flow() for part in (self.audio, self.video) if part is not None]
+        if self.publisher is not None:
+            out.extend(self.publisher.flows())
+        return out
+
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.audio is not None:
@@ -156,6 +162,9 @@ class _Receiver:
 
     def close(self) -> None:
         self.session.close()
+
+    def flow(self) -> Flow:
+        raise NotImplementedError
 
     def stats(self) -> dict[str, Any]:
         """Packets, loss, RFC 3550 §A.8 jitter, reordering, and what the session dropped."""
@@ -237,6 +246,12 @@ class VideoReceiver(_Receiver):
         elif not d.needs_keyframe:
             self._oversize_burst = False
 
+    def flow(self) -> Flow:
+        d, s = self.depacketizer.stats, self.session.stats
+        return received(self.session, "video", frames=d.access_units,
+                        decode_errors=d.dropped_units + d.oversized, dropped=self.channel.dropped,
+                        pli=s.pli_sent, fir=s.fir_sent, nack=s.nack_sent)
+
     def stats(self) -> dict[str, Any]:
         """Frames, keyframe requests, and loss repair: NACKs sent (RTCP packets),
         sequence numbers asked for, packets recovered (``lost`` is what was
@@ -308,6 +323,10 @@ class AudioReceiver(_Receiver):
                 self._next_ts += len(chunk) / AUDIO_RATE
                 self._pending -= len(chunk)
                 self.frames += 1
+
+    def flow(self) -> Flow:
+        return received(self.session, "audio", frames=self.frames,
+                        decode_errors=self.decode_errors, dropped=self.channel.dropped)
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ to a session is reported as an event (logged, then handed to the leg).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from wxmgw.errors import ParseError
+from wxmgw.logs import event
 from wxmgw.supervise import RECONNECTING, RUNNING, Backoff, Worker
 
 logger = logging.getLogger(__name__)
@@ -64,7 +66,9 @@ class RtmpEndpoint:
     input at most once per :data:`MALFORMED_REPORT_INTERVAL` (with the count
     so far), ``crashed`` (``error``, ``retry_in``, ``exc``) for each
     unexpected exception. :attr:`latency` keeps, per stream, how long each
-    frame spent in the gateway; each side says from where to where.
+    frame spent in the gateway; each side says from where to where, and
+    :attr:`last_media` when the last timed frame of each stream was done
+    (``time.perf_counter()``; the endpoint's creation before the first).
     """
 
     def __init__(self, url: str, name: str, on_event: EventCallback) -> None:
@@ -79,6 +83,7 @@ class RtmpEndpoint:
         self._malformed_reported = float("-inf")
         self._worker: Worker | None = None
         self.latency = {"video": LatencyWindow(), "audio": LatencyWindow()}
+        self.last_media = dict.fromkeys(self.latency, time.perf_counter())
 
     def latency_ms(self) -> dict[str, list[float] | None]:
         """``[p50, p99]`` of :attr:`latency` per stream, in milliseconds (None before any)."""
@@ -86,7 +91,9 @@ class RtmpEndpoint:
 
     def _took(self, kind: str, since: float) -> None:
         """One ``kind`` frame's latency: from ``since`` (``time.perf_counter()``) to now."""
-        self.latency[kind].add(time.perf_counter() - since)
+        now = time.perf_counter()
+        self.latency[kind].add(now - since)
+        self.last_media[kind] = now
 
     @property
     def state(self) -> str:
@@ -105,9 +112,9 @@ class RtmpEndpoint:
         self._event("crashed", error=self.stats.last_error, retry_in=retry_in, exc=error)
 
     def _event(self, kind: str, /, **info: Any) -> None:
-        """Log ``kind`` and report it to ``on_event``."""
-        level = _LEVELS.get(kind, logging.INFO)
-        logger.log(level, "%s %s %s %s", self.name, kind, self.url, info)
+        """Log ``kind`` (as the event ``rtmp_<kind>``) and report it to ``on_event``."""
+        event(logger, f"rtmp_{kind}", _LEVELS.get(kind, logging.INFO), endpoint=self.name,
+              url=self.url, **info)
         self._on_event(kind, info)
 
     def _connected(self) -> None:
@@ -135,15 +142,27 @@ class RtmpEndpoint:
 
 
 class LatencyWindow:
-    """The last ``LATENCY_SAMPLES`` durations of one kind of work, as percentiles."""
+    """The last ``LATENCY_SAMPLES`` durations of one kind of work, as percentiles.
 
-    __slots__ = ("_samples",)
+    :attr:`total` counts every sample ever added, so a reader that remembers
+    it can take only the samples added since (:meth:`since`).
+    """
+
+    __slots__ = ("_samples", "total")
 
     def __init__(self) -> None:
         self._samples: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.total = 0
 
     def add(self, seconds: float) -> None:
         self._samples.append(seconds)
+        self.total += 1
+
+    def since(self, total: int) -> list[float]:
+        """The samples added after :attr:`total` was ``total`` (the kept ones only)."""
+        kept = len(self._samples)
+        new = min(self.total - total, kept)
+        return list(itertools.islice(self._samples, kept - new, None)) if new > 0 else []
 
     def percentiles_ms(self) -> list[float] | None:
         """``[p50, p99]`` in milliseconds, None before the first sample."""

@@ -238,6 +238,8 @@ class RtpSession:
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL
         self._greenlets: list[gevent.Greenlet] = []
         self.closed = False
+        #: When the last media packet was taken (``clock``); the session's creation before.
+        self.last_received = clock()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -338,7 +340,8 @@ class RtpSession:
             return
         self.stats.packets_received += 1
         self.stats.bytes_received += len(pkt.payload)
-        jitter.push(pkt, self.clock())
+        self.last_received = now = self.clock()
+        jitter.push(pkt, now)
         self._deliver()
         self._send_nacks()
 
