@@ -21,7 +21,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from gevent.pool import Pool
 from gevent.server import StreamServer
@@ -151,10 +152,16 @@ class _Waiting:
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
-class StatusServer:
-    """``GET /monitor/state`` (resultCode 10000 convention) and ``GET /metrics``.
+#: The status page for people: static HTML whose script polls /monitor/state.
+STATUS_PAGE: Final = (Path(__file__).parent / "status.html").read_bytes()
 
-    Both are shown with every stream URL's name cut (:func:`wxmgw.access.redact`).
+
+class StatusServer:
+    """``GET /monitor/state`` (resultCode 10000 convention), ``GET /metrics`` and ``GET /``.
+
+    The state and the metrics are shown with every stream URL's name cut
+    (:func:`wxmgw.access.redact`); ``/`` is :data:`STATUS_PAGE`, which shows
+    what the state says.
     """
 
     def __init__(
@@ -190,6 +197,11 @@ class StatusServer:
                 event(logger, "status_failed", logging.ERROR, exc)
                 body = {"resultCode": 10500, "message": f"{type(exc).__name__}: {exc}"}
             return _json(start_response, "200 OK", body)
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                      ("Content-Length", str(len(STATUS_PAGE))),
+                                      ("Cache-Control", "no-cache")])
+            return [STATUS_PAGE]
         if path == "/metrics":
             data = redact(generate_latest(self.registry).decode()).encode()
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])

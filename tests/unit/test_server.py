@@ -144,3 +144,16 @@ def test_a_status_request_unfinished_after_the_idle_timeout_is_closed_with_one_l
         assert events(caplog, "http_request_timeout")[0]["server"] == "status"
     finally:
         status.stop()
+
+
+def test_the_status_page_is_served_at_the_root():
+    status = StatusServer("127.0.0.1", 0, lambda: {"legs": []}, CollectorRegistry(),
+                          allow=LOOPBACK)
+    status.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{status.port}/", timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/html")
+            page = r.read().decode()
+        assert "<title>wxmgw status</title>" in page and "/monitor/state" in page
+    finally:
+        status.stop()
