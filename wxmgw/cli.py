@@ -1,4 +1,5 @@
-"""`wxmgw serve`: flags, config, logging, run until SIGTERM/SIGINT."""
+"""`wxmgw serve`: flags, config, logging, run until SIGTERM/SIGINT; `wxmgw story`: a
+conference's timeline from the logs (:mod:`wxmgw.story`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import logging  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from wxmgw import config as cfg  # noqa: E402
+from wxmgw import story  # noqa: E402
 from wxmgw.app import Gateway  # noqa: E402
 from wxmgw.errors import WxmgwError  # noqa: E402
 from wxmgw.logs import event, setup_logging  # noqa: E402
@@ -58,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wxmgw", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cfg.add_arguments(sub.add_parser("serve", help="run the gateway"))
+    tale = sub.add_parser("story", help="one conference's timeline from gateway and front logs")
+    tale.add_argument("--conf", required=True, help="the confId")
+    tale.add_argument("--uuid", help="only this member's lines (and the room's)")
+    tale.add_argument("logs", nargs="+", type=Path, metavar="LOG",
+                      help="JSON log files of gateways and fronts")
     args = parser.parse_args(argv)
+    if args.command == "story":
+        return story.tell(args.logs, args.conf, args.uuid, sys.stdout)
     try:
         config = cfg.load(args)
     except WxmgwError as exc:
