@@ -9,7 +9,8 @@
   the front issued (a member's camera, a mix or a member video) in the app of
   ``--rtmp-push-base``; playing only on such a name in the app of the push or
   the play base.
-- ``GET /monitor/state``: the front's own state for operators.
+- ``GET /monitor/state``: the front's own state for operators; ``GET /metrics``
+  its Prometheus metrics (:mod:`callroute.metrics`).
 
 HTTP-level failures also answer in the error format, with a fitting status:
 405 (120) for a wrong HTTP method, 413 (119) for a body over the limit, 404
@@ -29,9 +30,11 @@ from urllib.parse import parse_qsl, urlsplit
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from callroute.front import Front
 from callroute.gateways import Gateways
+from callroute.metrics import FrontMetrics
 from callroute.protocol import (
     BodyTooLarge,
     CallrouteError,
@@ -81,6 +84,7 @@ class App:
         self.front = front
         self.body_limit = body_limit
         self._clock = clock
+        self.metrics = FrontMetrics(front)
         push_app = rtmp_app(front.config.push_base)
         self._publish_apps = {push_app}
         self._play_apps = {push_app, rtmp_app(front.config.play_base)}
@@ -93,6 +97,11 @@ class App:
             return self._notify(environ, start_response, "play", self._play_apps)
         if path == "/monitor/state" and verb == "GET":
             return _json(start_response, "200 OK", self.state())
+        if path == "/metrics" and verb == "GET":
+            data = generate_latest(self.metrics.registry)
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+                                      ("Content-Length", str(len(data)))])
+            return [data]
         if path == "/":
             return self._message(environ, start_response)
         error = NotFound(f"no {path[:100]!r} here")
@@ -138,10 +147,12 @@ class App:
             event(logger, "internal_error", logging.ERROR, exc, confId=conf_id,
                   uuid=header.uuid or None, method=header.method.strip() or None)
             answer, code = error_reply(header, CallrouteError("internal error")), "123"
+        seconds = self._clock() - started
+        self.metrics.message(header.method.strip(), code, seconds)
         event(logger, "request", confId=conf_id, uuid=header.uuid or None,
               method=header.method.strip() or None, code=code,
               message=answer["result"].get("message") if code != "0" else None,
-              duration_ms=round((self._clock() - started) * 1000, 2))
+              duration_ms=round(seconds * 1000, 2))
         status = _STATUS.get(ErrorCode(code), "200 OK") if code != "0" else "200 OK"
         headers = [("Allow", "POST")] if code == ErrorCode.HTTP_METHOD else []
         return _json(start_response, status, answer, headers)
@@ -161,6 +172,7 @@ class App:
               uuid=stream.uuid if stream else None, kind=stream.kind.value if stream else None,
               app=app[:100], stream=redact_token(name[:100]), addr=fields.get("addr"),
               allowed=stream is not None)
+        self.metrics.notify.labels(call, str(stream is not None).lower()).inc()
         status = "200 OK" if stream is not None else "403 Forbidden"
         start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "0")])
         return [b""]
