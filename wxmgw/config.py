@@ -44,6 +44,9 @@ class Config:
     rtmp_max_buffered: int = DEFAULT_LIMITS.max_buffered
     rtmp_max_chunk_streams: int = DEFAULT_LIMITS.max_chunk_streams
     rtmp_amf0_depth: int = DEFAULT_LIMITS.amf0_depth
+    # How far behind live a pull's audio may be kept: a live server's burst
+    # (its GOP cache) brings older audio, which is dropped (README "Live servers").
+    rtmp_max_backlog: float = DEFAULT_LIMITS.max_backlog
     # Loss repair on the RTP side (README "Losses on the RTP side").
     video_jitter_window: float = 0.25
     nack_retry: float = 0.08
@@ -107,6 +110,7 @@ class Config:
             max_buffered=self.rtmp_max_buffered,
             max_chunk_streams=self.rtmp_max_chunk_streams,
             amf0_depth=self.rtmp_amf0_depth,
+            max_backlog=self.rtmp_max_backlog,
         )
 
     def allow(self) -> AllowList:
@@ -148,6 +152,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Thrift connections at once; one more closes the idlest (1000)")
     parser.add_argument("--thrift-max-message", type=int,
                         help="bytes of one Thrift request; declaring more closes it (1 MiB)")
+    parser.add_argument("--rtmp-max-backlog", type=float,
+                        help="seconds behind live a pull's audio may be kept; a live server's "
+                        "burst of older audio is dropped (0.1)")
     parser.add_argument("--video-jitter-window", type=float,
                         help="seconds a hole in incoming video is waited for (0.25)")
     parser.add_argument("--nack-retry", type=float,

@@ -198,9 +198,9 @@ nalus = st.lists(
 
 @given(nalus, st.integers(0, 2**31), st.booleans())
 def test_avc_tags_read_back_as_written(units: list[bytes], dts: int, keyflag: bool) -> None:
-    reader = _FlvToFrames(started=100.0, audio_rate=48000)
-    assert reader.video(dts, flv.avc_sequence_header(AVCC)) is None
-    frame = reader.video(dts, flv.avc_frame(to_avcc(units), keyflag))
+    reader = _FlvToFrames(audio_rate=48000, max_backlog=0.1)
+    assert reader.video(dts, flv.avc_sequence_header(AVCC), 100.0) is None
+    frame = reader.video(dts, flv.avc_frame(to_avcc(units), keyflag), 100.0)
     assert frame is not None
     config = AvcConfig.parse(AVCC)
     keyframe = any(n[0] & 0x1F == NAL_IDR for n in units)
@@ -211,11 +211,11 @@ def test_avc_tags_read_back_as_written(units: list[bytes], dts: int, keyflag: bo
 
 @given(st.binary(max_size=600))
 def test_video_tag_bodies_only_raise_parse_error(body: bytes) -> None:
-    reader = _FlvToFrames(started=0.0, audio_rate=48000)
+    reader = _FlvToFrames(audio_rate=48000, max_backlog=0.1)
     with contextlib.suppress(ParseError):
-        reader.video(0, flv.avc_sequence_header(AVCC))
-        reader.video(40, body)
+        reader.video(0, flv.avc_sequence_header(AVCC), 0.0)
+        reader.video(40, body, 0.04)
     with contextlib.suppress(ParseError):
-        reader.video(80, body)  # a body as a sequence header, or after a broken one
+        reader.video(80, body, 0.08)  # a body as a sequence header, or after a broken one
     if body:
         _video_codec(body[0])  # any first byte names a codec, or none

@@ -16,7 +16,7 @@ import pytest
 from wxmgw.errors import ParseError
 from wxmgw.media.flv import aac_frame, aac_sequence_header
 from wxmgw.media.frames import AudioFrame, VideoFrame
-from wxmgw.media.rtmp import AUDIO, VIDEO
+from wxmgw.media.rtmp import AUDIO, VIDEO, Message
 from wxmgw.media.rtmp_reader import (
     MAX_PARAMETER_SET,
     ConfigRefused,
@@ -53,11 +53,11 @@ class Pull:
             "rtmp://127.0.0.1/live/x", on_video=self.video.append, on_audio=self.audio.append,
             on_event=lambda kind, info: self.events.append((kind, info)), name="test",
         )
-        self.flv = _FlvToFrames(0.0, 48000)
+        self.flv = _FlvToFrames(48000, 0.1)
 
     def feed(self, kind: int, *bodies: bytes) -> None:
         for i, body in enumerate(bodies):
-            self.reader._convert(self.flv, kind, 20 * i, body)
+            self.reader._convert(self.flv, Message(kind, 1, 20 * i, body), 20 * i / 1000)
 
 
 def aac_payloads() -> tuple[bytes, list[bytes]]:
@@ -136,3 +136,31 @@ def test_insane_parameter_sets_are_refused(sps: list[bytes], pps: list[bytes], w
 def test_unparsable_avcc_is_refused_as_parse_error() -> None:
     with pytest.raises(ParseError):
         avc_config(AVCC[:9])
+
+
+def test_a_gop_burst_is_caught_up_to_live() -> None:
+    """A server's GOP cache: 2 s of media at once when the play starts, then live.
+
+    Audio from behind live is dropped down to ``max_backlog``; video is
+    stamped as it arrives, every frame kept; after the burst, media time
+    is arrival time.
+    """
+    asc, frames = aac_payloads()
+    flv = _FlvToFrames(48000, max_backlog=0.1)
+    flv.audio(0, aac_sequence_header(asc), 0.0)
+    flv.video(0, avc_header(AVCC), 0.0)
+    audio: list[AudioFrame] = []
+    video: list[VideoFrame] = []
+    for i in range(200):  # 200 AAC frames (4.3 s), a picture every other one
+        ms = i * 1024 // 48
+        arrival = 10.0 if ms < 2000 else 10.0 + (ms - 2000) / 1000
+        audio += flv.audio(ms, aac_frame(frames[i % len(frames)]), arrival)
+        if i % 2 == 0:
+            picture = flv.video(ms, avc_idr(), arrival)
+            assert picture is not None and picture.ts <= arrival
+            video.append(picture)
+        if ms > 2100:
+            assert audio[-1].ts >= arrival - 0.1 - 0.03
+    assert len(video) == 100
+    assert 0.05 <= 2.0 - flv.audio_dropped <= 0.15  # kept: the backlog target
+    assert flv.timeline.behind == pytest.approx(2.0, abs=0.03)

@@ -27,7 +27,6 @@ from wxmgw.media.transcode import (
     AudioEncoder,
     CodecInfo,
     DroppedFrame,
-    PcmFramer,
     aac_rate,
     audio_codec,
     opus_samples,
@@ -421,27 +420,3 @@ def test_instances_in_threads_match_one_thread() -> None:
     alone = [round_trip(c) for c in codecs]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(round_trip, codecs)) == alone
-
-
-# --- framer -------------------------------------------------------------------
-
-
-def test_framer_cuts_exact_frames_in_order() -> None:
-    framer = PcmFramer()
-    pcm = np.arange(5000, dtype=np.int16)
-    frames: list[Pcm] = []
-    for piece in np.array_split(pcm, 7):
-        frames += framer.push(piece)
-    assert [len(f) for f in frames] == [960] * 5
-    assert np.array_equal(np.concatenate(frames), pcm[:4800])
-    rest = framer.push(np.zeros(760, np.int16))
-    assert len(rest) == 1 and np.array_equal(rest[0][:200], pcm[4800:])
-
-
-def test_framer_does_not_alias_input() -> None:
-    framer = PcmFramer()
-    pcm = np.ones(1000, np.int16)
-    frame = framer.push(pcm)[0]
-    pcm[:] = 0
-    assert frame.sum() == 960
-    assert framer.push(np.zeros(0, np.int16)) == []

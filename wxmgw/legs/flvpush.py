@@ -37,6 +37,7 @@ import gevent
 import numpy as np
 
 from wxmgw.legs.base import Flow
+from wxmgw.media.clock import ClockRules, Placement, SampleClock
 from wxmgw.media.endpoint import LatencyWindow
 from wxmgw.media.frames import (
     AUDIO_FRAME_SAMPLES,
@@ -98,7 +99,10 @@ class AvInterleaver:
         self.stats = InterleaverStats()
         #: The A/V offset of each video frame released, in seconds.
         self.offsets = LatencyWindow()
-        self._slot: float | None = None  # capture time of the next audio slot
+        # The audio slots' grid: its next is the capture time of the next slot.
+        self._slots = SampleClock(
+            AUDIO_RATE, ClockRules(gap=RESYNC, resync=RESYNC, backlog=_HALF_FRAME)
+        )
         self._audio_pts: int | None = None
         self._audio_delay: float | None = None  # arrival - capture of the latest audio frame
         self._video_delay: float | None = None
@@ -117,19 +121,22 @@ class AvInterleaver:
             return self._audio_delay
         return self._video_delay or 0.0
 
+    def begin(self, now: float) -> None:
+        """Audio slots from ``now`` on: silence fills them until a source speaks."""
+        if self._slots.start is None:
+            self._slots.place(now)
+
     def audio(self, frame: AudioFrame, now: float) -> Output:
         out: Output = []
         self._audio_delay = now - frame.ts
-        if self._slot is None:
-            self._slot = frame.ts
-        drift = frame.ts - self._slot
-        if abs(drift) > RESYNC:
-            self.stats.audio_resyncs += 1
-            self._slot = frame.ts
-        elif drift < -_HALF_FRAME:
+        slots = self._slots
+        placement = slots.place(frame.ts)
+        if placement is Placement.BACKLOG:
             self.stats.audio_late += 1
             return self._release(now, out)
-        while frame.ts - self._slot > _HALF_FRAME:
+        if placement is not Placement.NEXT:
+            self.stats.audio_resyncs += 1
+        while frame.ts - slots.next > _HALF_FRAME:
             self._silence(out)
         pts = self._write_audio(frame.pcm, out, frame.arrived)
         self.stats.audio_frames += 1
@@ -143,8 +150,7 @@ class AvInterleaver:
                 self.stats.video_before_keyframe += 1
                 return []
             self._keyframe_seen = True
-            if self._slot is None:  # no audio yet: silence runs from the first picture on
-                self._slot = frame.ts
+            self.begin(frame.ts)  # no audio yet: silence runs from the first picture on
         pts = self._ms(frame.ts)
         if self._video_pts is not None:
             pts = max(pts, self._video_pts)
@@ -155,15 +161,16 @@ class AvInterleaver:
     def tick(self, now: float) -> Output:
         """Silence for the audio slots overdue at ``now``, and the video that may go."""
         out: Output = []
-        if self._slot is not None:
-            while self._slot + self._delay + QUIET <= now:
+        slots = self._slots
+        if slots.start is not None:
+            while slots.next + self._delay + QUIET <= now:
                 self._silence(out)
         return self._release(now, out)
 
     def next_deadline(self) -> float | None:
         deadlines = [self._held[0].release_at] if self._held else []
-        if self._slot is not None:
-            deadlines.append(self._slot + self._delay + QUIET)
+        if self._slots.start is not None:
+            deadlines.append(self._slots.next + self._delay + QUIET)
         return min(deadlines, default=None)
 
     def reset_video(self) -> None:
@@ -176,13 +183,13 @@ class AvInterleaver:
         self.stats.silence_frames += 1
 
     def _write_audio(self, pcm: Pcm, out: Output, arrived: float = 0.0) -> int:
-        assert self._slot is not None
-        pts = self._ms(self._slot)
+        slot = self._slots.next
+        pts = self._ms(slot)
         if self._audio_pts is not None:
             pts = max(pts, self._audio_pts + 1)
-        out.append((AudioFrame(pcm, self._slot, arrived), pts))
+        out.append((AudioFrame(pcm, slot, arrived), pts))
         self._audio_pts = pts
-        self._slot += AUDIO_FRAME_SECONDS
+        self._slots.advance(AUDIO_FRAME_SAMPLES)
         return pts
 
     def _release(self, now: float, out: Output) -> Output:

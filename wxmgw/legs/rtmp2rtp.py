@@ -32,10 +32,10 @@ import gevent
 from wxmgw.errors import WxmgwError
 from wxmgw.legs.base import Flow, Leg, LegContext, received
 from wxmgw.legs.flvpush import FlvPublisher
+from wxmgw.media.clock import RTP_RULES, AudioFramer, ClockRules, Placement, SampleClock
 from wxmgw.media.dsp import interpolator
 from wxmgw.media.frames import (
     AUDIO_FRAME_SAMPLES,
-    AUDIO_FRAME_SECONDS,
     AUDIO_RATE,
     AudioFrame,
     VideoFrame,
@@ -46,7 +46,6 @@ from wxmgw.media.transcode import (
     AudioEncoder,
     CodecInfo,
     DroppedFrame,
-    PcmFramer,
     aac_rate,
     audio_codec,
 )
@@ -63,8 +62,10 @@ from wxmgw.supervise import worst
 VIDEO_CLOCK: Final = 90000
 #: Largest RTP payload sent: RTP/UDP/IP headers stay well inside a 1500-byte MTU.
 MAX_RTP_PAYLOAD: Final = 1200
-#: Audio arriving this much later than the sample counter expects is a gap in the source.
+#: Audio arriving this much later than the sample count expects is a gap in the source.
 AUDIO_GAP: Final = 0.2
+#: Audio this much earlier than the sample count is dropped: RTP time stays at live.
+AUDIO_BACKLOG: Final = 0.1
 
 F = TypeVar("F", VideoFrame, AudioFrame)
 #: What a sender may raise on one bad frame: skipped and counted, the leg stays up.
@@ -79,7 +80,9 @@ class VideoSender:
     cannot be decoded. The packetizer puts the SPS and PPS in front of every
     IDR; after a PLI or FIR from the MAS (RFC 4585 §6.3.1, RFC 5104 §4.3.1)
     they also go in front of the next access unit, since a mini-program
-    cannot be asked for a keyframe.
+    cannot be asked for a keyframe. Each access unit gets a later timestamp
+    than the one before (RFC 6184 §5.1: one timestamp per access unit), even
+    in a live server's burst, whose frames are stamped as they arrive.
     """
 
     def __init__(self, session: RtpSession) -> None:
@@ -89,6 +92,7 @@ class VideoSender:
         self.keyframe_requests = 0
         self._packetizer = H264Packetizer(MAX_RTP_PAYLOAD)
         self._start: float | None = None
+        self._timestamp = -1
         self._resend = False
 
     def send(self, frame: VideoFrame) -> None:
@@ -101,7 +105,9 @@ class VideoSender:
             frame.nalus, None, None, frame.keyframe or self._resend
         )
         self._resend = False
-        timestamp = round((frame.ts - self._start) * VIDEO_CLOCK)
+        timestamp = self._timestamp = max(
+            round((frame.ts - self._start) * VIDEO_CLOCK), self._timestamp + 1
+        )
         last = len(payloads) - 1
         for i, payload in enumerate(payloads):
             self.session.send(payload, timestamp, i == last, frame.ts)
@@ -118,34 +124,38 @@ class AudioSender:
     """20 ms PCM frames at the MAS codec's own rate to RTP on the MAS audio port, encoded.
 
     Timestamps count samples (RFC 3550 §5.1: the sampling instant), one
-    packet's worth (``frame_samples_at_clock``) at a time, not arrival times.
-    When the source's timeline jumps ahead (a reconnect, a gap in the
-    stream), the counter jumps with it so RTP time stays on media time, and
-    the marker bit starts the new talkspurt (RFC 3551 §4.1); a jump back
-    re-anchors the counter without moving RTP time backwards.
+    packet's worth (``frame_samples_at_clock``) at a time, not arrival times
+    (:class:`~wxmgw.media.clock.SampleClock`). When the source's timeline
+    jumps ahead (a reconnect, a gap in the stream), the count jumps with it so
+    RTP time stays on media time, and the marker bit starts the new talkspurt
+    (RFC 3551 §4.1); a frame from behind the count by more than
+    ``AUDIO_BACKLOG`` is dropped (``backlog``), so RTP time never runs ahead
+    of the media.
     """
 
     def __init__(self, session: RtpSession, codec: CodecInfo) -> None:
         self.session = session
         self.frames = 0
+        self.backlog = 0
         self._encoder = AudioEncoder(codec.name, source_rate=codec.sample_rate)
         self._step = codec.frame_samples_at_clock
-        self._start: float | None = None
-        self._packets = 0
+        self._clock = SampleClock(codec.clock_rate, ClockRules(AUDIO_GAP, backlog=AUDIO_BACKLOG))
+        self._origin: float | None = None
         self._marker = True
 
     def send(self, frame: AudioFrame) -> None:
-        if self._start is None:
-            self._start = frame.ts
-        late = frame.ts - (self._start + self._packets * AUDIO_FRAME_SECONDS)
-        if late > AUDIO_GAP:
-            self._packets += round(late / AUDIO_FRAME_SECONDS)
-            self._marker = True
-        elif late < -AUDIO_GAP:
-            self._start += late
+        clock = self._clock
+        placement = clock.place(frame.ts)
+        if placement is Placement.BACKLOG:
+            self.backlog += 1
+            return
+        if self._origin is None:
+            self._origin = clock.next
+        self._marker |= placement is Placement.GAP
         for payload in self._encoder.encode(frame.pcm):
-            self.session.send(payload, self._packets * self._step, self._marker, frame.ts)
-            self._packets += 1
+            timestamp = round((clock.next - self._origin) * clock.rate)
+            self.session.send(payload, timestamp, self._marker, frame.ts)
+            clock.advance(self._step)
             self._marker = False
         self.frames += 1
 
@@ -170,8 +180,7 @@ class MixReceiver:
         self.undecodable = 0
         self.dropped = 0
         self._decoder = AudioDecoder(codec.name)
-        self._framer = PcmFramer()
-        self._held = 0  # samples the framer holds, from before the packet being decoded
+        self._framer = AudioFramer(AUDIO_FRAME_SAMPLES, AUDIO_RATE, RTP_RULES)
 
     def on_media(self, media: Media) -> None:
         assert self.session is not None
@@ -188,11 +197,9 @@ class MixReceiver:
             except WxmgwError:
                 self.undecodable += 1
                 continue
-            start = self.session.capture_time(item.timestamp) - self._held / AUDIO_RATE
-            self._held = (self._held + len(pcm)) % AUDIO_FRAME_SAMPLES
-            arrived = time.perf_counter()
-            for i, chunk in enumerate(self._framer.push(pcm)):
-                self.out.publish(AudioFrame(chunk, start + i * AUDIO_FRAME_SECONDS, arrived))
+            ts = self.session.capture_time(item.timestamp)
+            for frame in self._framer.push(pcm, ts, time.perf_counter()):
+                self.out.publish(frame)
 
     def flow(self) -> Flow:
         assert self.session is not None
@@ -359,6 +366,8 @@ class Rtmp2rtp(Leg):
         elif kind == "unsupported_codec":
             self.last_error = f"unsupported {info.get('kind')} codec {info.get('codec')}"
             self.log("unsupported_codec", logging.ERROR, **info)
+        elif kind == "caught_up":
+            self.log("pull_caught_up", **info)
         elif kind == "track_refused":
             self.last_error = str(info.get("reason", ""))
             self.log("track_refused", logging.WARNING, **info)
@@ -446,6 +455,8 @@ class Rtmp2rtp(Leg):
             out.update(reconnects=r.reconnects, readErrors=r.errors, malformed=r.malformed,
                        crashes=r.crashes)
             out.update(configsRefused=r.configs_refused, framesDropped=r.frames_dropped)
+            out["caughtUp"] = {"audioDroppedMs": round(self._reader.audio_dropped * 1000),
+                               "behindMs": round(self._reader.behind * 1000)}
             out["addedLatencyMs"] = self._reader.latency_ms()
         mix_out = self._mix_out.stats() if self._mix_out is not None else None
         offset = None

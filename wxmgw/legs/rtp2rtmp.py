@@ -29,11 +29,11 @@ from typing import Any
 from wxmgw.errors import MediaError, NoLocalSource
 from wxmgw.legs.base import Flow, Leg, LegContext, received
 from wxmgw.legs.flvpush import FlvPublisher
-from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AUDIO_RATE, AudioFrame, VideoFrame
+from wxmgw.media.clock import RTP_RULES, AudioFramer
+from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, VideoFrame
 from wxmgw.media.transcode import (
     AAC_NARROW_RATE,
     AudioDecoder,
-    PcmFramer,
     aac_rate,
     audio_codec,
 )
@@ -280,7 +280,7 @@ class AudioReceiver(_Receiver):
     Frames are stamped from the RTP timeline: the samples continue the
     previous ones unless a packet's capture time is more than half a frame
     away from where the count puts it (loss, a new source), then the count
-    restarts there.
+    restarts there (:data:`~wxmgw.media.clock.RTP_RULES`).
     """
 
     def __init__(
@@ -297,9 +297,7 @@ class AudioReceiver(_Receiver):
         )
         self.channel = channels.audio
         self.decoder = AudioDecoder(self.codec.name)
-        self.framer = PcmFramer()
-        self._next_ts: float | None = None  # capture time of the next frame out
-        self._pending = 0  # samples in the framer
+        self.framer = AudioFramer(AUDIO_FRAME_SAMPLES, AUDIO_RATE, RTP_RULES)
         self.frames = 0
         self.decode_errors = 0
 
@@ -312,16 +310,9 @@ class AudioReceiver(_Receiver):
             except MediaError:
                 self.decode_errors += 1
                 continue
-            start = self.session.capture_time(item.timestamp)
-            if self._next_ts is None or abs(
-                self._next_ts + self._pending / AUDIO_RATE - start
-            ) > AUDIO_FRAME_SECONDS / 2:
-                self._next_ts = start - self._pending / AUDIO_RATE
-            self._pending += len(pcm)
-            for chunk in self.framer.push(pcm):
-                self.channel.publish(AudioFrame(chunk, self._next_ts, time.perf_counter()))
-                self._next_ts += len(chunk) / AUDIO_RATE
-                self._pending -= len(chunk)
+            ts = self.session.capture_time(item.timestamp)
+            for frame in self.framer.push(pcm, ts, time.perf_counter()):
+                self.channel.publish(frame)
                 self.frames += 1
 
     def flow(self) -> Flow:

@@ -89,7 +89,9 @@ class RtmpLimits:
     header arrives, before any of its bytes are kept. Commands, data and
     control messages (everything but audio, video and aggregates) are small:
     their cap is much lower. ``amf0_depth`` bounds the nesting of a decoded
-    command (:func:`~wxmgw.media.amf0.decode`).
+    command (:func:`~wxmgw.media.amf0.decode`). ``max_backlog`` is how far
+    behind live (seconds) a pull's audio may be kept: what a burst brings from
+    further back is dropped (:mod:`wxmgw.media.rtmp_reader`).
     """
 
     max_media_message: int = 2 << 20
@@ -98,6 +100,7 @@ class RtmpLimits:
     max_buffered: int = 4 << 20
     max_chunk_streams: int = 32
     amf0_depth: int = amf0.MAX_DEPTH
+    max_backlog: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("max_media_message", "max_command_message"):
@@ -107,6 +110,8 @@ class RtmpLimits:
             raise InvalidArgument("rtmp max_buffered must hold the largest message")
         if self.max_chunk_streams < 1 or self.amf0_depth < 1:
             raise InvalidArgument("rtmp max_chunk_streams and amf0_depth must be positive")
+        if not 0.02 <= self.max_backlog <= 5:
+            raise InvalidArgument("rtmp max_backlog must be 0.02-5 seconds")
 
     def max_message(self, type_id: int) -> int:
         """The largest message of type ``type_id`` a session takes."""

@@ -6,9 +6,13 @@ the AVC sequence header (avcC) and NAL units, the AAC AudioSpecificConfig
 and raw AAC frames; AAC is decoded by FFmpeg (PyAV).
 
 A reader stamps frames with ``ts`` on the gateway's monotonic clock: the FLV
-timeline anchored at the moment the play started (nginx sends a live stream
-as it comes), and audio from a sample counter rather than from the 1 ms FLV
-timestamps.
+timeline kept at live by a :class:`~wxmgw.media.clock.LiveTimeline` (a live
+server may send a live stream as it comes, as nginx-rtmp does, or start a
+play with a burst of its GOP cache, as node-media-server does), and audio
+from a sample count rather than from the 1 ms FLV timestamps. Audio that a
+burst brings from further behind live than ``limits.max_backlog`` is dropped
+(:mod:`wxmgw.media.clock`); video is stamped as it arrives, so a burst's
+frames go out at once, decodable from its keyframe, and what follows is live.
 """
 
 from __future__ import annotations
@@ -20,14 +24,26 @@ from typing import Final
 import gevent
 
 from wxmgw.errors import MediaError, ParseError
+from wxmgw.media.clock import AudioFramer, ClockRules, LiveTimeline
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Pcm, VideoFrame
-from wxmgw.media.rtmp import AUDIO, DEFAULT_LIMITS, VIDEO, RtmpClient, RtmpError, RtmpLimits
-from wxmgw.media.transcode import AudioDecoder, DroppedFrame, PcmFramer
+from wxmgw.media.rtmp import (
+    AUDIO,
+    DEFAULT_LIMITS,
+    VIDEO,
+    Message,
+    RtmpClient,
+    RtmpError,
+    RtmpLimits,
+)
+from wxmgw.media.transcode import AudioDecoder, DroppedFrame
 from wxmgw.rtp.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
 
-#: An audio timestamp further than this from the sample counter is a gap.
-_AUDIO_RESYNC: Final = 0.2
+#: An audio timestamp later than the sample count by more than this is a gap.
+AUDIO_GAP: Final = 0.2
+#: Media arriving this much later than its FLV timeline says (the timeline
+#: jumped back, the server stalled) re-anchors the timeline at its arrival.
+MAX_LAG: Final = 0.5
 #: FLV codec ids (E.4.2.1 SoundFormat, E.4.3.1 CodecID), named as FFmpeg names them.
 _AUDIO_CODECS: Final = {0: "pcm", 1: "adpcm_swf", 2: "mp3", 3: "pcm_s16le", 4: "nellymoser",
                         5: "nellymoser", 6: "nellymoser", 7: "pcm_alaw", 8: "pcm_mulaw",
@@ -75,7 +91,10 @@ class RtmpReader(RtmpEndpoint):
 
     Events: ``connected``, ``disconnected`` (with ``error`` and ``retry_in``:
     also when the stream is not published yet), ``unsupported_codec``,
-    ``crashed``. The session is retried with
+    ``crashed``, and ``caught_up`` when audio flows again after a burst whose
+    backlog was dropped (``audio_dropped_ms``, ``behind_ms``: how far behind
+    live the burst's media was). :attr:`audio_dropped` and :attr:`behind`
+    add those up over the sessions, in seconds. The session is retried with
     :class:`~wxmgw.supervise.Backoff` until :meth:`close`; the delays start
     over once a session has brought media. A server past ``limits`` ends its
     session like any malformed input. Every callback runs in the reader's
@@ -108,6 +127,18 @@ class RtmpReader(RtmpEndpoint):
         self._open_timeout = open_timeout
         self._read_timeout = read_timeout
         self._reported: set[tuple[str, str]] = set()
+        self._flv: _FlvToFrames | None = None  # the session's
+        self._past = (0.0, 0.0)  # audio_dropped, behind of the sessions before
+
+    @property
+    def audio_dropped(self) -> float:
+        """Seconds of audio dropped as backlog, over the sessions."""
+        return self._past[0] + (self._flv.audio_dropped if self._flv else 0.0)
+
+    @property
+    def behind(self) -> float:
+        """Seconds the sessions' media came from behind live, in bursts."""
+        return self._past[1] + (self._flv.timeline.behind if self._flv else 0.0)
 
     def start(self) -> None:
         if self._worker is None:
@@ -138,8 +169,9 @@ class RtmpReader(RtmpEndpoint):
             client.play(self._read_timeout)
             self._connected()
             self._event("connected")
-            flv = _FlvToFrames(time.monotonic(), self.audio_rate)
+            flv = self._flv = _FlvToFrames(self.audio_rate, self.limits.max_backlog)
             media = False
+            dropping = False
             while True:
                 message = client.read()
                 if message.type_id not in (AUDIO, VIDEO) or not message.payload:
@@ -150,10 +182,21 @@ class RtmpReader(RtmpEndpoint):
                 self.stats.packets += 1
                 self.stats.bytes += len(message.payload)
                 read = time.perf_counter()
-                self._convert(flv, message.type_id, message.timestamp, message.payload)
+                dropped = flv.audio_dropped
+                self._convert(flv, message, time.monotonic())
                 self._took("video" if message.type_id == VIDEO else "audio", read)
+                if flv.audio_dropped != dropped:
+                    dropping = True
+                elif dropping and message.type_id == AUDIO:
+                    dropping = False
+                    self._caught_up(flv)
         finally:
+            self._past, self._flv = (self.audio_dropped, self.behind), None
             client.close()
+
+    def _caught_up(self, flv: _FlvToFrames) -> None:
+        self._event("caught_up", audio_dropped_ms=round(flv.audio_dropped * 1000),
+                    behind_ms=round(flv.timeline.behind * 1000))
 
     def _supported(self, kind: str, codec: str) -> bool:
         if codec in ("h264", "aac"):
@@ -163,13 +206,14 @@ class RtmpReader(RtmpEndpoint):
             self._event("unsupported_codec", kind=kind, codec=codec)
         return False
 
-    def _convert(self, flv: _FlvToFrames, kind: int, timestamp: int, payload: bytes) -> None:
+    def _convert(self, flv: _FlvToFrames, message: Message, arrival: float) -> None:
+        kind, timestamp, payload = message.type_id, message.timestamp, message.payload
         try:
             if kind == VIDEO:
                 codec = _video_codec(payload[0])
                 if codec is None or not self._supported("video", codec):
                     return
-                video = flv.video(timestamp, payload)
+                video = flv.video(timestamp, payload, arrival)
                 if video is not None:
                     self.stats.frames += 1
                     self._on_video(video)
@@ -177,7 +221,7 @@ class RtmpReader(RtmpEndpoint):
                 codec = _AUDIO_CODECS.get(payload[0] >> 4, f"soundformat {payload[0] >> 4}")
                 if not self._supported("audio", codec):
                     return
-                for audio in flv.audio(timestamp, payload):
+                for audio in flv.audio(timestamp, payload, arrival):
                     self.stats.frames += 1
                     self._on_audio(audio)
         except ConfigRefused as e:
@@ -208,27 +252,24 @@ class _FlvToFrames:
     """One RTMP session's tag bodies to frames: timestamps, avcC, AAC decoding.
 
     A refused sequence header leaves its track without a config: its frames
-    are skipped until a valid header comes.
+    are skipped until a valid header comes. Audio behind live by more than
+    ``max_backlog`` is dropped (:attr:`audio_dropped`, seconds).
     """
 
-    def __init__(self, started: float, audio_rate: int) -> None:
-        self._anchor = started
-        self._ms0: int | None = None
+    def __init__(self, audio_rate: int, max_backlog: float) -> None:
+        self.timeline = LiveTimeline(MAX_LAG)
         self._avc: AvcConfig | None = None
         self._decoder: AudioDecoder | None = None
         self._refused = {"video": False, "audio": False}
         self._rate = audio_rate
-        self._framer = PcmFramer(audio_rate * AUDIO_FRAME_SAMPLES // AUDIO_RATE)
-        self._audio_start = 0.0
-        self._audio_in = 0
-        self._audio_out = 0
+        self._framer = AudioFramer(audio_rate * AUDIO_FRAME_SAMPLES // AUDIO_RATE, audio_rate,
+                                   ClockRules(gap=AUDIO_GAP, backlog=max_backlog))
 
-    def _ts(self, ms: int) -> float:
-        if self._ms0 is None:
-            self._ms0 = ms
-        return self._anchor + (ms - self._ms0) / 1000
+    @property
+    def audio_dropped(self) -> float:
+        return self._framer.clock.backlog_dropped / self._rate
 
-    def video(self, dts_ms: int, body: bytes) -> VideoFrame | None:
+    def video(self, dts_ms: int, body: bytes, arrival: float) -> VideoFrame | None:
         """An AVC tag body (E.4.3.1 AVCVIDEOPACKET): a frame, or None for a header or an end."""
         if len(body) < 5:
             raise ParseError(f"AVC tag of {len(body)} bytes")
@@ -251,9 +292,10 @@ class _FlvToFrames:
         keyframe = NAL_IDR in types
         if keyframe and not {NAL_SPS, NAL_PPS} <= types:
             nalus = [*self._avc.sps, *self._avc.pps, *nalus]
-        return VideoFrame(nalus, self._ts(dts_ms + cts), keyframe) if nalus else None
+        ts = self.timeline.stamp(dts_ms, arrival) + cts / 1000
+        return VideoFrame(nalus, ts, keyframe) if nalus else None
 
-    def audio(self, ms: int, body: bytes) -> list[AudioFrame]:
+    def audio(self, ms: int, body: bytes, arrival: float) -> list[AudioFrame]:
         """An AAC tag body (E.4.2.1 AACAUDIODATA): the 20 ms frames it completes."""
         if len(body) < 2:
             raise ParseError(f"AAC tag of {len(body)} bytes")
@@ -270,18 +312,9 @@ class _FlvToFrames:
             if self._refused["audio"]:
                 return []
             raise ParseError("AAC frame before its AudioSpecificConfig")
-        ts = self._ts(ms)
+        ts = self.timeline.stamp(ms, arrival)
         pcm: Pcm = self._decoder.decode(body[2:])
-        counted = self._audio_start + self._audio_in / self._rate
-        if self._audio_in == 0 or abs(counted - ts) > _AUDIO_RESYNC:
-            # First audio, or a gap or jump in the FLV timeline: follow the timeline.
-            self._audio_start = ts - self._audio_in / self._rate
-        self._audio_in += len(pcm)
-        frames = []
-        for chunk in self._framer.push(pcm):
-            frames.append(AudioFrame(chunk, self._audio_start + self._audio_out / self._rate))
-            self._audio_out += len(chunk)
-        return frames
+        return self._framer.push(pcm, ts)
 
 
 

@@ -26,6 +26,7 @@ import gevent.event
 
 from wxmgw.errors import MediaError, ParseError
 from wxmgw.media import amf0, flv
+from wxmgw.media.clock import ClockRules, SampleClock
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint, RtmpStats
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
 from wxmgw.media.rtmp import (
@@ -41,8 +42,8 @@ from wxmgw.media.transcode import AudioEncoder
 from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, to_avcc
 from wxmgw.supervise import CrashReport, Worker
 
-#: An audio timestamp further than this (ms) from the sample counter is a gap.
-_AUDIO_RESYNC_MS: Final = 200
+#: An audio timestamp further than this from the sample count moves the count (a gap, a jump).
+_AUDIO_RULES: Final = ClockRules(gap=0.2, resync=0.2)
 #: What ends a publication (it is retried).
 _SESSION_ERRORS: Final = (OSError, RtmpError, ParseError, MediaError, av.error.FFmpegError)
 #: onMetaData codec ids (FLV spec E.4.2.1, E.4.3.1).
@@ -306,8 +307,7 @@ class _Publication:
         self._avc: tuple[bytes, bytes] | None = None  # SPS/PPS of the last sequence header
         self._last_video = 0
         self._last_audio = 0
-        self._audio_anchor: int | None = None
-        self._audio_in = 0
+        self._audio_clock = SampleClock(AUDIO_RATE, _AUDIO_RULES)
         self._audio_out = 0
         self._metadata(0)
         if encoder is not None:
@@ -345,14 +345,13 @@ class _Publication:
         AAC packet n carries the samples from packet n-1 on (the encoder's delay).
         """
         assert self._encoder is not None, "audio written to a video-only publication"
-        counted = (self._audio_anchor or 0) + self._audio_in * 1000 // AUDIO_RATE
-        if self._audio_anchor is None or abs(pts_ms - counted) > _AUDIO_RESYNC_MS:
-            self._audio_anchor = pts_ms - self._audio_in * 1000 // AUDIO_RATE
-        self._audio_in += len(pcm)
+        clock = self._audio_clock
+        clock.place(pts_ms / 1000)
+        clock.advance(len(pcm))
         frames = self._encoder.encode(pcm)
         for data in frames:
-            start = (self._audio_out - 1) * self._encoder.frame_samples * 1000 // AUDIO_RATE
-            ms = self._last_audio = max(self._audio_anchor + start - self._base, self._last_audio)
+            start = clock.time_of((self._audio_out - 1) * self._encoder.frame_samples)
+            ms = self._last_audio = max(round(start * 1000) - self._base, self._last_audio)
             self._audio_out += 1
             self._tag(AUDIO, ms, flv.aac_frame(data))
         return len(frames)

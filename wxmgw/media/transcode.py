@@ -37,8 +37,9 @@ from av.audio.resampler import AudioResampler
 
 from wxmgw.errors import InvalidArgument, MediaError
 from wxmgw.media.aac import AudioSpecificConfig
+from wxmgw.media.clock import PcmFramer
 from wxmgw.media.dsp import G711, Interpolator, decimator, interpolator
-from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, Pcm
+from wxmgw.media.frames import AUDIO_RATE, Pcm
 
 _PACKET_MS = 20
 _G711 = ("pcm_alaw", "pcm_mulaw")
@@ -391,20 +392,3 @@ class AudioEncoder:
         self._pts += len(pcm)
         return ctx.encode(frame)
 
-
-class PcmFramer:
-    """Accumulates mono PCM of any length and cuts frames of ``size`` samples (20 ms at 48 kHz)."""
-
-    __slots__ = ("_pending", "_size")
-
-    def __init__(self, size: int = AUDIO_FRAME_SAMPLES) -> None:
-        self._size = size
-        self._pending: Pcm = _NO_SAMPLES
-
-    def push(self, pcm: Pcm) -> list[Pcm]:
-        """Append ``pcm``; return every complete frame, oldest first."""
-        buf = np.concatenate((self._pending, pcm)) if len(self._pending) else pcm
-        count = len(buf) // self._size
-        cut = count * self._size
-        self._pending = buf[cut:].copy()
-        return list(buf[:cut].reshape(count, self._size).copy())
