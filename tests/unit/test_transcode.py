@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from av.audio.resampler import AudioResampler
 
 from wxmgw.errors import InvalidArgument, MediaError, ParseError
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, Pcm
@@ -27,6 +28,7 @@ from wxmgw.media.transcode import (
     AudioEncoder,
     CodecInfo,
     DroppedFrame,
+    Resampler,
     aac_rate,
     audio_codec,
     opus_samples,
@@ -279,6 +281,26 @@ def test_we_decode_ffmpeg_flv_aac(rate: int, channels: int, out_rate: int,
     pcm = decode_all(AudioDecoder("AAC", extradata=extradata, out_rate=out_rate), payloads)
     assert len(pcm) == pytest.approx(out_rate, rel=0.05)
     assert dominant_hz(pcm, out_rate) == pytest.approx(700, rel=0.02)
+
+
+@pytest.mark.parametrize("out_rate", [AUDIO_RATE, 16000, 8000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_resampler_is_pyav_audio_resampler_sample_for_sample(channels: int, out_rate: int,
+                                                             tmp_path: Path) -> None:
+    """One pull per push off one graph gives what PyAV's resampler gives, frame by frame."""
+    path = tmp_path / "tone.flv"
+    ffmpeg(*sine_input(700, 44100), "-ac", str(channels), "-c:a", "aac", str(path))
+    extradata, payloads = demux(path)
+    ctx = av.CodecContext.create("aac", "r")
+    assert isinstance(ctx, av.AudioCodecContext)
+    ctx.extradata = extradata
+    frames = [f for p in payloads for f in ctx.decode(av.Packet(p))]
+    ours, theirs = Resampler(frames[0], out_rate), AudioResampler("s16", "mono", out_rate)
+    for frame in frames:
+        expected = [out.to_ndarray()[0] for out in theirs.resample(frame)]
+        assert len(expected) <= 1
+        got = ours(frame)
+        assert np.array_equal(got, expected[0] if expected else np.zeros(0, np.int16))
 
 
 @pytest.mark.parametrize("codec", ["PCMA", "G722"])

@@ -33,7 +33,7 @@ import av.error
 import numpy as np
 from av.audio.codeccontext import AudioCodecContext
 from av.audio.frame import AudioFrame
-from av.audio.resampler import AudioResampler
+from av.filter import Graph
 
 from wxmgw.errors import InvalidArgument, MediaError
 from wxmgw.media.aac import AudioSpecificConfig
@@ -202,7 +202,7 @@ class AudioDecoder:
         self._channels = channels
         self._rate = out_rate
         self._source: tuple[str, str, int] | None = None
-        self._swr: AudioResampler | None = None
+        self._swr: Resampler | None = None
         self._up: Interpolator | None = None
         self._ctx: AudioCodecContext | None = None
         self._g711: G711 | None = None
@@ -282,12 +282,52 @@ class AudioDecoder:
             self._source = source
             rate, out = frame.sample_rate, self._rate
             divides = out % rate == 0
-            self._swr = None if divides else AudioResampler("s16", "mono", out)
+            self._swr = None if divides else Resampler(frame, out)
             self._up = interpolator(rate, out) if divides else None
         if self._swr is not None:
-            return _joined([out.to_ndarray()[0] for out in self._swr.resample(frame)])
+            return self._swr(frame)
         pcm = _mono_s16(frame)
         return self._up(pcm) if self._up is not None else pcm
+
+
+class Resampler:
+    """libswresample: frames of one input format to mono int16 at ``rate``.
+
+    The filter graph PyAV's ``AudioResampler`` builds (abuffer → aformat,
+    FFmpeg inserting the aresample), built once for ``source``'s format.
+    ``AudioResampler.resample`` pulls until the graph says EAGAIN, which
+    costs an exception per call, and ``to_ndarray`` copies each frame; but
+    aresample outputs at most one frame per frame pushed (FFmpeg
+    ``libavfilter/af_aresample.c``), so one pull per push is all there is,
+    and the samples are read off the frame's plane. The output is
+    ``AudioResampler``'s, sample for sample.
+    """
+
+    __slots__ = ("_graph",)
+
+    def __init__(self, source: AudioFrame, rate: int) -> None:
+        graph = Graph()
+        time_base = {} if source.time_base is None else {"time_base": str(source.time_base)}
+        buffer = graph.add("abuffer", sample_rate=str(source.sample_rate),
+                           sample_fmt=source.format.name, channel_layout=source.layout.name,
+                           **time_base)
+        convert = graph.add("aformat", sample_rates=str(rate), sample_fmts="s16",
+                            channel_layouts="mono")
+        sink = graph.add("abuffersink")
+        buffer.link_to(convert)
+        convert.link_to(sink)
+        graph.configure()
+        self._graph = graph
+
+    def __call__(self, frame: AudioFrame) -> Pcm:
+        """The samples ``frame`` completes (none while the filter fills its delay line)."""
+        self._graph.push(frame)
+        try:
+            out = self._graph.pull()
+        except BlockingIOError:  # EAGAIN: nothing out yet
+            return _NO_SAMPLES
+        assert isinstance(out, AudioFrame)
+        return np.frombuffer(memoryview(out.planes[0]), np.int16, out.samples)
 
 
 def _joined(chunks: list[Pcm]) -> Pcm:
