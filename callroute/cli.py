@@ -30,6 +30,11 @@ _FLAGS: list[tuple[str, str]] = [
     ("--allow-from", "CIDR,... whose connections are accepted (default loopback and private "
                      "ranges); others are closed and logged"),
     ("--idle-timeout", "seconds a connection may stay silent (default 30)"),
+    ("--redis", "redis://HOST:PORT/DB: conferences in Redis, shared by every front, and the "
+                "gateways from its registry instead of --wxmgw (default: in this process)"),
+    ("--lease-ttl", "seconds a front's lease on a conference lasts unless renewed (default 5)"),
+    ("--lease-wait", "seconds a request waits for a conference another front is changing "
+                     "(default 15)"),
 ]
 
 
@@ -51,15 +56,25 @@ def load(args: argparse.Namespace) -> Settings:
 
 def serve(config: Settings) -> None:
     from callroute.front import Front, FrontConfig
-    from callroute.gateways import Gateways
+    from callroute.gateways import Gateways, RegisteredGateways
     from callroute.mcs import Mcs
-    from callroute.rooms import Rooms
+    from callroute.rooms import Rooms, Store
     from callroute.server import App, run
+    from callroute.store import MemoryStore, RedisStore
+    from wxmgw import cluster
 
+    store: Store
+    if config.redis:
+        client = cluster.connect(config.redis)
+        store = RedisStore(client, lease_ttl=config.lease_ttl, lease_wait=config.lease_wait)
+        gateways: Gateways = RegisteredGateways(client)
+    else:
+        store = MemoryStore()
+        gateways = Gateways(config.wxmgw, timeout=min(1.0, config.poll_interval))
     front = Front(
         FrontConfig(config.rtmp_push_base, config.play_base, config.mas),
-        Rooms(),
-        Gateways(config.wxmgw, timeout=min(1.0, config.poll_interval)),
+        Rooms(store),
+        gateways,
         lambda address: Mcs(address, timeout=config.gateway_timeout),
     )
     run(App(front, body_limit=config.body_limit), config.host, config.port,

@@ -64,6 +64,14 @@ class Settings:
     """Networks whose connections are accepted; others are closed at accept and logged."""
     idle_timeout: float = 30.0
     """Seconds a connection may stay silent before it is closed."""
+    redis: str | None = None
+    """``redis://HOST:PORT/DB``: conferences in Redis, gateways from its registry; None:
+    conferences in this process, gateways from ``wxmgw``."""
+    lease_ttl: float = 5.0
+    """Seconds a front's lease on a conference lasts unless renewed (a killed front's
+    conferences wait this long at most)."""
+    lease_wait: float = 15.0
+    """Seconds a request waits for a conference another front is changing (then 117)."""
 
     @property
     def play_base(self) -> str:
@@ -126,6 +134,13 @@ def _rtmp_base(value: Any) -> str:
     return text
 
 
+def _redis_url(value: Any) -> str:
+    text = str(value)
+    if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"{value!r} is not a redis://HOST:PORT/DB URL")
+    return text
+
+
 def _log_format(value: Any) -> str:
     if value not in ("json", "text"):
         raise ValueError(f"log format {value!r} is not json or text")
@@ -157,6 +172,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "body_limit": _positive(int),
     "allow_from": AllowList.parse,
     "idle_timeout": _positive(float),
+    "redis": _redis_url,
+    "lease_ttl": _positive(float),
+    "lease_wait": _positive(float),
 }
 assert set(_PARSERS) == {f.name for f in fields(Settings)}
 

@@ -11,12 +11,16 @@
   pointed at that member; StopPush when nobody watches any more.
 - ``wxquitconf``: StopPull and everything the member watched or was watched by.
 
-Operations on one conference are serialized by a lock per confId. State
-changes are applied first and undone when a gateway call fails, so a failed
-request leaves neither a half-joined member nor an orphan leg: a start that
-failed at the transport (the gateway may have started it) is followed by its
-stop. ``wxquitconf`` always removes the member; stops that fail are logged
-(``orphan_leg``) since a member must be able to leave a dead gateway.
+Operations on one conference are serialized by :meth:`Rooms.hold
+<callroute.rooms.Rooms.hold>` (a lock in this process, a lease across fronts
+with Redis). State changes are saved first, so the stream names they issue
+are valid before the gateway uses them, and undone when a gateway call
+fails, so a failed request leaves neither a half-joined member nor an orphan
+leg: a start that failed at the transport (the gateway may have started it)
+is followed by its stop. ``wxquitconf`` always removes the member; stops that
+fail are logged (``orphan_leg``) since a member must be able to leave a dead
+gateway. A store that does not answer fails the request (117) at its first
+read, before any gateway call.
 
 Every member here is a mini-program (the front knows no other members), so
 StartPush always says ``weixin``. In a room without MAS (``mas`` is None)
@@ -29,10 +33,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-from gevent.lock import Semaphore
 
 from callroute.config import GatewayAddress, MasAddress
 from callroute.gateways import Gateways
@@ -44,6 +46,7 @@ from callroute.protocol import (
     Method,
     NotJoined,
     Request,
+    StoreUnavailable,
     UnknownConference,
     UnknownMember,
     VideoRef,
@@ -64,31 +67,6 @@ class FrontConfig:
     mas: MasAddress | None = None
 
 
-@dataclass(slots=True)
-class _Slot:
-    lock: Semaphore = field(default_factory=Semaphore)
-    users: int = 0
-
-
-class KeyedLock:
-    """One lock per key, forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._slots: dict[str, _Slot] = {}
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        slot = self._slots.setdefault(key, _Slot())
-        slot.users += 1
-        try:
-            with slot.lock:
-                yield
-        finally:
-            slot.users -= 1
-            if not slot.users:
-                del self._slots[key]
-
-
 class Front:
     """Handles validated requests; raises :class:`CallrouteError` for a failure reply."""
 
@@ -103,11 +81,10 @@ class Front:
         self.rooms = rooms
         self.gateways = gateways
         self._connect = connect
-        self._locks = KeyedLock()
 
     def handle(self, req: Request) -> dict[str, Any]:
         """The ``result`` of a successful request."""
-        with self._locks.hold(req.conf_id):
+        with self.rooms.hold(req.conf_id):
             if req.method is Method.JOIN:
                 return self._join(req)
             if req.method is Method.QUIT:
@@ -140,11 +117,8 @@ class Front:
         if conf is None:
             conf = self.rooms.open(req.conf_id, self.gateways.pick())
         address, api = self._gateway(conf)
-        try:
-            member = self.rooms.join(conf, req.uuid, req.crgwid)
-        except CallrouteError:
-            self.rooms.close_if_empty(conf)
-            raise
+        member = self.rooms.join(conf, req.uuid, req.crgwid)
+        self.rooms.save(conf)
         mas = self.config.mas
         try:
             with self._reporting(conf):
@@ -158,7 +132,7 @@ class Front:
                 )
         except CallrouteError as exc:
             self.rooms.leave(conf, member.uuid)
-            self.rooms.close_if_empty(conf)
+            self._undo(conf, exc)
             if isinstance(exc, GatewayUnavailable):
                 self._stop(conf, api, "StopPull", member.uuid, api.stop_pull)
             raise
@@ -205,6 +179,14 @@ class Front:
             return False
         return True
 
+    def _undo(self, conf: Conference, cause: CallrouteError) -> None:
+        """Save a rollback; a store gone meanwhile leaves the request's state behind (logged)."""
+        try:
+            self.rooms.save(conf)
+        except StoreUnavailable as exc:
+            event(logger, "state_not_rolled_back", logging.ERROR, confId=conf.conf_id,
+                  error=str(exc), cause=str(cause))
+
     def _request_video(self, req: Request, video: VideoRef) -> str:
         """``wxreqvideo`` / ``wxreqavsync``: the URL the watcher plays."""
         conf, watcher = self._member(req)
@@ -212,44 +194,56 @@ class Front:
         _, api = self._gateway(conf)
         running = conf.pushes.get(target.uuid)
         was_watching = running is not None and watcher.uuid in running.watchers
+        synced = conf.avsync.get(watcher.uuid)
         push, created = self.rooms.watch(conf, watcher.uuid, target.uuid)
         avsync = req.method is Method.REQ_AVSYNC
-        started = False
+        if avsync:
+            conf.avsync[watcher.uuid] = target.uuid
+        self.rooms.save(conf)
+        started, ports = False, (0, 0)
         try:
             with self._reporting(conf):
                 if created:
-                    push.ports = api.start_push(
+                    ports = api.start_push(
                         uuid=target.uuid, conf_id=conf.conf_id, req_uuid=watcher.uuid,
                         push_url=self._url(self.config.push_base, push.token), weixin=True,
                     )
                     started = True
                 if avsync:
                     api.av_sync(uuid=watcher.uuid, conf_id=conf.conf_id, sync_uuid=target.uuid)
-                    conf.avsync[watcher.uuid] = target.uuid
         except CallrouteError as exc:
             if not was_watching:
                 self.rooms.unwatch(conf, watcher.uuid, target.uuid)
+            if avsync:
+                del conf.avsync[watcher.uuid]
+                if synced is not None:
+                    conf.avsync[watcher.uuid] = synced
+            self._undo(conf, exc)
             if started or (created and isinstance(exc, GatewayUnavailable)):
                 self._stop(conf, api, "StopPush", target.uuid, api.stop_push)
             raise
         event(logger, "watching", confId=conf.conf_id, uuid=watcher.uuid, member=target.uuid,
-              avsync=avsync, started=created, ports=list(push.ports))
+              avsync=avsync, started=created, ports=list(ports))
         return self._url(self.config.play_base, push.token)
 
     def _cancel(self, req: Request, video: VideoRef) -> None:
-        """Gateway first, state after: a failed cancel leaves the watch as it was."""
+        """Gateway first, state after: a failed cancel leaves the watch as it was (less an
+        AvSync the gateway did clear)."""
         conf, watcher = self._member(req)
         target = self._target(conf, video)
         _, api = self._gateway(conf)
         push = self.rooms.watched(conf, watcher.uuid, target.uuid)
         last = push.watchers == {watcher.uuid}
-        with self._reporting(conf):
-            if conf.avsync.get(watcher.uuid) == target.uuid:
-                api.av_sync(uuid=watcher.uuid, conf_id=conf.conf_id, sync_uuid="")
-                del conf.avsync[watcher.uuid]
-            if last:
-                api.stop_push(uuid=target.uuid, conf_id=conf.conf_id)
-        self.rooms.unwatch(conf, watcher.uuid, target.uuid)
+        try:
+            with self._reporting(conf):
+                if conf.avsync.get(watcher.uuid) == target.uuid:
+                    api.av_sync(uuid=watcher.uuid, conf_id=conf.conf_id, sync_uuid="")
+                    del conf.avsync[watcher.uuid]
+                if last:
+                    api.stop_push(uuid=target.uuid, conf_id=conf.conf_id)
+            self.rooms.unwatch(conf, watcher.uuid, target.uuid)
+        finally:
+            self.rooms.save(conf)
         event(logger, "unwatched", confId=conf.conf_id, uuid=watcher.uuid, member=target.uuid,
               stopped=last)
 
@@ -257,6 +251,7 @@ class Front:
         conf, member = self._member(req)
         _, api = self._gateway(conf)
         gone = self.rooms.leave(conf, member.uuid)
+        self.rooms.save(conf)
         for watcher in gone.avsync_cleared:
             try:
                 with self._reporting(conf):
@@ -267,6 +262,5 @@ class Front:
         for push in [p for p in (gone.own_push, *gone.unwatched) if p is not None]:
             self._stop(conf, api, "StopPush", push.uuid, api.stop_push)
         self._stop(conf, api, "StopPull", member.uuid, api.stop_pull)
-        self.rooms.close_if_empty(conf)
         event(logger, "left", confId=conf.conf_id, uuid=member.uuid,
               stopped_pushes=len(gone.unwatched) + (gone.own_push is not None))

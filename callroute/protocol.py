@@ -17,7 +17,8 @@ code  name                  when
 115   ALREADY_JOINED        ``uuid`` is already in ``confId`` (or in another
                             conference)
 116   UNKNOWN_MEMBER        ``antissrc`` names no member of ``confId``
-117   GATEWAY_UNAVAILABLE   no healthy wxmgw, or it did not answer in time
+117   GATEWAY_UNAVAILABLE   no healthy wxmgw, or it did not answer in time, or
+                            the conference store (Redis) did not
 118   GATEWAY_ERROR         wxmgw answered an error; the message carries its
                             code (``wxmgw 503: ...``)
 119   BODY_TOO_LARGE        the HTTP body exceeds the front's limit (HTTP 413)
@@ -109,6 +110,15 @@ class UnknownMember(CallrouteError):
 
 class GatewayUnavailable(CallrouteError):
     """No healthy wxmgw, or the Thrift call failed at the transport."""
+
+    code = ErrorCode.GATEWAY_UNAVAILABLE
+
+
+class StoreUnavailable(CallrouteError):
+    """The conference store (Redis) did not answer, or a conference stayed busy too long.
+
+    Answered 117 like an unreachable gateway: the request did nothing, try again.
+    """
 
     code = ErrorCode.GATEWAY_UNAVAILABLE
 

@@ -8,6 +8,14 @@ mix (``avsync``). Every RTMP stream name is a random 128-bit token, so a
 name cannot be guessed from a uuid; :meth:`Rooms.stream` answers the live
 server's publish/play checks.
 
+Where conferences are kept is a :class:`Store` (:mod:`callroute.store`: in
+this process, or in Redis for a cluster of fronts); :class:`Rooms` is the one
+logic over either. A conference is read with :meth:`Rooms.get`, changed in
+place and written back with :meth:`Rooms.save`, under :meth:`Rooms.hold`.
+The indexes the store keeps beside the conferences (member uuid -> confId,
+stream name -> :class:`Stream`) are derived from the conference at each save,
+never changed on their own, so they cannot drift from it.
+
 State changes are applied optimistically by the front before it calls the
 gateway and undone when the call fails; the operations here are therefore
 small and each has its inverse (``join``/``leave``, ``watch``/``unwatch``).
@@ -16,9 +24,11 @@ small and each has its inverse (``join``/``leave``, ``watch``/``unwatch``).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from callroute.protocol import AlreadyJoined, NotWatching
 
@@ -65,7 +75,6 @@ class Push:
     uuid: str
     token: str
     watchers: set[str] = field(default_factory=set)
-    ports: tuple[int, int] = (0, 0)
 
 
 @dataclass(slots=True)
@@ -78,82 +87,148 @@ class Departure:
     avsync_cleared: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Names:
+    """What a conference puts in the store's indexes: its member uuids and stream names."""
+
+    members: frozenset[str] = frozenset()
+    streams: Mapping[str, Stream] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """How a save changes the indexes: uuids joined and left, stream names issued and revoked."""
+
+    joined: frozenset[str]
+    left: frozenset[str]
+    issued: Mapping[str, Stream]
+    revoked: frozenset[str]
+
+    @classmethod
+    def between(cls, old: Names, new: Names) -> Changes:
+        return cls(
+            joined=new.members - old.members,
+            left=old.members - new.members,
+            issued={t: s for t, s in new.streams.items() if t not in old.streams},
+            revoked=frozenset(old.streams.keys() - new.streams.keys()),
+        )
+
+
 @dataclass(slots=True)
 class Conference:
     conf_id: str
     gateway: str
+    """The name of the wxmgw it runs on (a :class:`~callroute.config.GatewayAddress` name)."""
     members: dict[str, Member] = field(default_factory=dict)
     pushes: dict[str, Push] = field(default_factory=dict)
     avsync: dict[str, str] = field(default_factory=dict)
     """watcher uuid -> uuid of the member whose video rides in the watcher's mix."""
+    saved: Names = field(default_factory=Names, compare=False, repr=False)
+    """What the store's indexes hold for it (as last read or saved)."""
 
     def member_by_ssrc(self, ssrc: int) -> Member | None:
         return next((m for m in self.members.values() if m.ssrc == ssrc), None)
 
+    def names(self) -> Names:
+        streams = {}
+        for m in self.members.values():
+            streams[m.token] = Stream(StreamKind.MEMBER, self.conf_id, m.uuid)
+            streams[m.mix_token] = Stream(StreamKind.MIX, self.conf_id, m.uuid)
+        for p in self.pushes.values():
+            streams[p.token] = Stream(StreamKind.VIDEO, self.conf_id, p.uuid)
+        return Names(frozenset(self.members), streams)
+
+
+class Store(Protocol):
+    """Where conferences are kept: :class:`callroute.store.MemoryStore` or ``RedisStore``.
+
+    Every method may raise :class:`~callroute.protocol.StoreUnavailable`.
+    """
+
+    def hold(self, conf_id: str) -> AbstractContextManager[None]:
+        """Exclusive use of conference ``conf_id`` (across fronts, for a shared store)."""
+        ...
+
+    def load(self, conf_id: str) -> Conference | None:
+        """The conference, with ``saved`` set; changes to it are kept by :meth:`commit` only."""
+        ...
+
+    def commit(self, conf: Conference, changes: Changes) -> None:
+        """Write ``conf`` and ``changes`` to the indexes at once; a conference without
+        members is deleted. AlreadyJoined (nothing written) when a joined uuid is a
+        member of another conference."""
+        ...
+
+    def where(self, uuid: str) -> str | None: ...
+
+    def stream(self, name: str) -> Stream | None: ...
+
+    def counts(self) -> dict[str, int]:
+        """``conferences``, ``members`` and ``streams`` (stream names issued)."""
+        ...
+
+    def conferences_on(self, gateway: str) -> set[str]:
+        """The confIds placed on ``gateway`` (for reconciling it with what the gateway runs)."""
+        ...
+
 
 class Rooms:
-    """Every conference of this front, indexed by confId, member uuid and stream name."""
+    """Every conference of the store, indexed by confId, member uuid and stream name."""
 
     def __init__(
         self,
+        store: Store,
         token_factory: Callable[[], str] = new_token,
         ssrc_factory: Callable[[], int] = new_ssrc,
     ) -> None:
+        self.store = store
         self._token = token_factory
         self._ssrc = ssrc_factory
-        self.conferences: dict[str, Conference] = {}
-        self._where: dict[str, str] = {}
-        self._streams: dict[str, Stream] = {}
+
+    def hold(self, conf_id: str) -> AbstractContextManager[None]:
+        return self.store.hold(conf_id)
 
     def get(self, conf_id: str) -> Conference | None:
-        return self.conferences.get(conf_id)
+        return self.store.load(conf_id)
 
     def where(self, uuid: str) -> str | None:
         """The confId ``uuid`` is a member of."""
-        return self._where.get(uuid)
+        return self.store.where(uuid)
 
     def stream(self, name: str) -> Stream | None:
-        return self._streams.get(name)
+        return self.store.stream(name)
 
     def open(self, conf_id: str, gateway: str) -> Conference:
-        """The conference ``conf_id``, created on ``gateway`` when it has none yet."""
-        conf = self.conferences.get(conf_id)
-        if conf is None:
-            conf = self.conferences[conf_id] = Conference(conf_id, gateway)
-        return conf
+        """A new conference on ``gateway``, stored by its first :meth:`save` with a member."""
+        return Conference(conf_id, gateway)
 
-    def close_if_empty(self, conf: Conference) -> bool:
-        """Forget a conference without members; its gateway affinity ends with it."""
-        if conf.members or self.conferences.get(conf.conf_id) is not conf:
-            return False
-        del self.conferences[conf.conf_id]
-        return True
+    def save(self, conf: Conference) -> None:
+        """Store ``conf`` and its names; one without members is forgotten, and with it
+        its gateway affinity. AlreadyJoined if another conference took a new member."""
+        names = conf.names()
+        self.store.commit(conf, Changes.between(conf.saved, names))
+        conf.saved = names
 
-    def _issue(self, kind: StreamKind, conf: Conference, uuid: str) -> str:
+    def _issue(self, conf: Conference, *pending: str) -> str:
+        """A stream name that no conference uses, nor ``conf`` since its last save."""
+        taken = {*conf.names().streams, *pending}
         token = self._token()
-        while token in self._streams:
+        while token in taken or self.store.stream(token) is not None:
             token = self._token()
-        self._streams[token] = Stream(kind, conf.conf_id, uuid)
         return token
 
     def join(self, conf: Conference, uuid: str, crgwid: str = "") -> Member:
         """Add a member with an SSRC unique in the conference and its two stream names."""
-        joined = self._where.get(uuid)
+        joined = self.where(uuid) if uuid not in conf.members else conf.conf_id
         if joined is not None:
             raise AlreadyJoined(f"{uuid} is already in conference {joined}")
         taken = {m.ssrc for m in conf.members.values()}
         ssrc = self._ssrc()
         while ssrc in taken:
             ssrc = self._ssrc()
-        member = Member(
-            uuid=uuid,
-            ssrc=ssrc,
-            token=self._issue(StreamKind.MEMBER, conf, uuid),
-            mix_token=self._issue(StreamKind.MIX, conf, uuid),
-            crgwid=crgwid,
-        )
+        token = self._issue(conf)
+        member = Member(uuid, ssrc, token, self._issue(conf, token), crgwid)
         conf.members[uuid] = member
-        self._where[uuid] = conf.conf_id
         return member
 
     def watch(self, conf: Conference, watcher: str, uuid: str) -> tuple[Push, bool]:
@@ -161,7 +236,7 @@ class Rooms:
         push = conf.pushes.get(uuid)
         created = push is None
         if push is None:
-            push = conf.pushes[uuid] = Push(uuid, self._issue(StreamKind.VIDEO, conf, uuid))
+            push = conf.pushes[uuid] = Push(uuid, self._issue(conf))
         push.watchers.add(watcher)
         return push, created
 
@@ -178,28 +253,19 @@ class Rooms:
         push.watchers.discard(watcher)
         if push.watchers:
             return None
-        self._drop_push(conf, push)
+        del conf.pushes[uuid]
         return push
-
-    def _drop_push(self, conf: Conference, push: Push) -> None:
-        del conf.pushes[push.uuid]
-        self._streams.pop(push.token, None)
 
     def leave(self, conf: Conference, uuid: str) -> Departure:
         """Remove a member with everything it watched or was watched by."""
         member = conf.members.pop(uuid)
-        del self._where[uuid]
-        self._streams.pop(member.token, None)
-        self._streams.pop(member.mix_token, None)
-        own = conf.pushes.get(uuid)
-        if own is not None:
-            self._drop_push(conf, own)
+        own = conf.pushes.pop(uuid, None)
         unwatched = []
         for push in list(conf.pushes.values()):
             if uuid in push.watchers:
                 push.watchers.discard(uuid)
                 if not push.watchers:
-                    self._drop_push(conf, push)
+                    del conf.pushes[push.uuid]
                     unwatched.append(push)
         conf.avsync.pop(uuid, None)
         cleared = [w for w, target in conf.avsync.items() if target == uuid]
@@ -209,9 +275,6 @@ class Rooms:
 
     def counts(self) -> dict[str, int]:
         """Sizes for the front's state endpoint."""
-        return {
-            "conferences": len(self.conferences),
-            "members": len(self._where),
-            "pushes": sum(len(c.pushes) for c in self.conferences.values()),
-            "streams": len(self._streams),
-        }
+        counts = self.store.counts()
+        # every member has two stream names (camera, mix), every push one
+        return {**counts, "pushes": counts["streams"] - 2 * counts["members"]}

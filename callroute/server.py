@@ -43,6 +43,7 @@ from callroute.protocol import (
     HttpMethodNotAllowed,
     InvalidFormat,
     NotFound,
+    StoreUnavailable,
     decode,
     encode,
     error_reply,
@@ -108,11 +109,11 @@ class App:
         return _json(start_response, _STATUS[error.code], error_reply(Header(), error))
 
     def state(self) -> dict[str, Any]:
-        return {
-            "resultCode": RESULT_OK,
-            **self.front.rooms.counts(),
-            "gateways": self.front.gateways.snapshot(),
-        }
+        try:
+            counts: dict[str, Any] = self.front.rooms.counts()
+        except StoreUnavailable as exc:
+            counts = {"storeError": str(exc)}
+        return {"resultCode": RESULT_OK, **counts, "gateways": self.front.gateways.snapshot()}
 
     def _body(self, environ: Environ) -> bytes:
         stream = environ["wsgi.input"]
@@ -167,7 +168,11 @@ class App:
         except CallrouteError:
             fields.clear()
         name, app = fields.get("name", ""), fields.get("app", "")
-        stream: Stream | None = self.front.rooms.stream(name) if app in apps else None
+        try:
+            stream: Stream | None = self.front.rooms.stream(name) if app in apps else None
+        except StoreUnavailable as exc:  # refused: the publisher or player tries again
+            event(logger, f"rtmp_{call}_unchecked", logging.ERROR, error=str(exc))
+            stream = None
         event(logger, f"rtmp_{call}", confId=stream.conf_id if stream else None,
               uuid=stream.uuid if stream else None, kind=stream.kind.value if stream else None,
               app=app[:100], stream=redact_token(name[:100]), addr=fields.get("addr"),

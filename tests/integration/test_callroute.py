@@ -36,6 +36,7 @@ from callroute.gateways import Gateways
 from callroute.mcs import Mcs
 from callroute.rooms import Rooms
 from callroute.server import App
+from callroute.store import MemoryStore
 from wxmgw.procs import terminate
 from wxmgw.thrift import wxmgw_thrift as t
 
@@ -59,24 +60,41 @@ def wait_for(check: Any, timeout: float = 20.0) -> Any:
 
 
 class FrontProcess:
-    """``python -m callroute.cli serve`` on a free port against ``gateways``."""
+    """``python -m callroute.cli serve`` on a free port against ``gateways`` (given by
+    ``--wxmgw``, or found in the registry of ``--redis`` in ``extra``)."""
 
-    def __init__(self, tmp: Path, gateways: list[GatewayProcess]) -> None:
+    def __init__(self, tmp: Path, gateways: list[GatewayProcess], *,
+                 push_base: str = PUSH_BASE, play_base: str = "rtmp://play.example/watch",
+                 extra: list[str] | None = None) -> None:
         self.port = free_port()
         self.log_path = tmp / f"callroute-{self.port}.log"
         spec = ",".join(f"127.0.0.1:{g.thrift_port}@{g.status_port}" for g in gateways)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callroute.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--wxmgw", spec, "--rtmp-push-base", PUSH_BASE,
-             "--rtmp-play-base", "rtmp://play.example/watch", "--poll-interval", "0.2",
-             "--log-file", str(self.log_path)],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        self.args = [
+            sys.executable, "-m", "callroute.cli", "serve", "--host", "127.0.0.1",
+            "--port", str(self.port), "--wxmgw", spec, "--rtmp-push-base", push_base,
+            "--rtmp-play-base", play_base, "--poll-interval", "0.2",
+            "--log-file", str(self.log_path), *(extra or [])]
+        self.expected = len(gateways)
+        self.start()
+
+    def start(self) -> None:
+        """Start it (again, after :meth:`kill`: same port and flags) and wait until it sees
+        every gateway healthy."""
+        self.proc = subprocess.Popen(self.args, cwd=ROOT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            wait_for(lambda: all(g["healthy"] for g in self.state()["gateways"]))
+            wait_for(lambda: self.healthy() >= self.expected)
         except AssertionError:
             self.stop()
             raise
+
+    def healthy(self) -> int:
+        return sum(g["healthy"] for g in self.state()["gateways"])
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful stop, requests in flight cut."""
+        self.proc.kill()
+        self.proc.wait(10)
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -150,8 +168,8 @@ def test_seed_messages_verbatim(gateways: list[GatewayProcess]) -> None:
     pool = Gateways([address])
     pool.poll_once()
     ssrcs = itertools.chain([SEED_SSRC], itertools.count(1))
-    front = Front(FrontConfig(PUSH_BASE, PUSH_BASE), Rooms(ssrc_factory=lambda: next(ssrcs)),
-                  pool, lambda a: Mcs(a, timeout=5))
+    rooms = Rooms(MemoryStore(), ssrc_factory=lambda: next(ssrcs))
+    front = Front(FrontConfig(PUSH_BASE, PUSH_BASE), rooms, pool, lambda a: Mcs(a, timeout=5))
     app = App(front)
     for example in SEED["messages"]:
         request = example["request"]
@@ -165,21 +183,21 @@ def test_seed_messages_verbatim(gateways: list[GatewayProcess]) -> None:
             assert legs([gw]) == 1
         if "seq" in example["result_fields"]:
             assert (reply["result"]["seq"], reply["result"]["type"]) == ("231ABfu13ad21", "1")
-    assert legs([gw]) == 0 and front.rooms.conferences == {}
+    assert legs([gw]) == 0 and front.rooms.counts()["conferences"] == 0
 
 
 def test_gateway_unavailable(gateways: list[GatewayProcess]) -> None:
     dead = GatewayAddress("127.0.0.1", free_port(), free_port())
     pool = Gateways([dead], timeout=0.5)
     pool.poll_once()
-    app = App(Front(FrontConfig(PUSH_BASE, PUSH_BASE), Rooms(), pool, Mcs))
+    app = App(Front(FrontConfig(PUSH_BASE, PUSH_BASE), Rooms(MemoryStore()), pool, Mcs))
     join = json.dumps(message("wxjoinconf", "u", "c")).encode()
     assert wsgi_post(app, join)["result"]["code"] == "117"
     # healthy by its status port, but its Thrift port refuses: 117, and nothing is left behind
     gw = gateways[0]
     lying = Gateways([dead], fetch=lambda a, t: {"resultCode": 10000, "load": {"legs": 0}})
     lying.poll_once()
-    app = App(Front(FrontConfig(PUSH_BASE, PUSH_BASE), Rooms(), lying, Mcs))
+    app = App(Front(FrontConfig(PUSH_BASE, PUSH_BASE), Rooms(MemoryStore()), lying, Mcs))
     assert wsgi_post(app, join)["result"]["code"] == "117"
     assert app.front.rooms.counts()["members"] == 0 and legs([gw]) == 0
 

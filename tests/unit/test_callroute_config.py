@@ -72,3 +72,14 @@ def test_allow_from_defaults_to_loopback_and_private_ranges() -> None:
     narrowed = load(args).allow_from
     assert narrowed.allows("203.0.113.5") and not narrowed.allows("10.9.8.7")
     assert settings({"allow-from": ["192.0.2.0/24"]}).allow_from.allows("192.0.2.1")
+
+
+def test_redis_settings() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--redis", "redis://127.0.0.1:6379/0", "--lease-ttl", "2.5"])
+    s = load(args)
+    assert (s.redis, s.lease_ttl, s.lease_wait) == ("redis://127.0.0.1:6379/0", 2.5, 15.0)
+    assert settings().redis is None
+    for bad in ({"redis": "http://x"}, {"lease_ttl": 0}, {"lease_wait": -1}):
+        with pytest.raises(ValueError):
+            settings(bad)

@@ -1,14 +1,19 @@
-"""The front's flows against a fake gateway: calls made, rollbacks, cleanup."""
+"""The front's flows against a fake gateway: calls made, rollbacks, cleanup.
+
+Every flow runs on both stores (``store`` of test_callroute_rooms: in process and Redis).
+"""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
+import gevent
 import pytest
+from test_callroute_rooms import store_fixture  # noqa: F401  (both stores)
 
 from callroute.config import GatewayAddress, MasAddress
-from callroute.front import Front, FrontConfig, KeyedLock
+from callroute.front import Front, FrontConfig
 from callroute.gateways import Gateways
 from callroute.protocol import (
     AlreadyJoined,
@@ -19,11 +24,15 @@ from callroute.protocol import (
     NotJoined,
     NotWatching,
     Request,
+    StoreUnavailable,
     UnknownConference,
     UnknownMember,
     VideoRef,
 )
-from callroute.rooms import Rooms
+from callroute.rooms import Conference, Rooms, Store
+from callroute.store import MemoryStore, RedisStore
+from wxmgw import cluster
+from wxmgw.redisd import RedisServer
 
 PUSH, PLAY = "rtmp://10.0.0.9:1935/live", "rtmp://cdn.example/live"
 GW1, GW2 = GatewayAddress("10.0.0.1", 9090, 9091), GatewayAddress("10.0.0.2", 9090, 9091)
@@ -83,14 +92,14 @@ class FakeGateway:
 
 
 class Harness:
-    def __init__(self, mas: MasAddress | None = None) -> None:
+    def __init__(self, mas: MasAddress | None = None, store: Store | None = None) -> None:
         self.gw = {GW1.name: FakeGateway(), GW2.name: FakeGateway()}
         self.load = {GW1.name: 5, GW2.name: 3}
         self.gateways = Gateways([GW1, GW2], fetch=lambda a, _t: {
             "resultCode": 10000, "load": {"legs": self.load[a.name]}})
         self.gateways.poll_once()
         ssrcs = itertools.count(1000)
-        self.rooms = Rooms(ssrc_factory=lambda: next(ssrcs))
+        self.rooms = Rooms(store or MemoryStore(), ssrc_factory=lambda: next(ssrcs))
         self.front = Front(FrontConfig(PUSH, PLAY, mas), self.rooms, self.gateways,
                            lambda address: self.gw[address.name])
 
@@ -101,10 +110,15 @@ class Harness:
     def join(self, uuid: str, conf: str = "c") -> int:
         return int(self.send(Method.JOIN, uuid, conf)["audiossrc"])
 
+    def conf(self, conf_id: str = "c") -> Conference:
+        conf = self.rooms.get(conf_id)
+        assert conf is not None
+        return conf
+
 
 @pytest.fixture
-def h() -> Harness:
-    return Harness()
+def h(store: Store) -> Harness:
+    return Harness(store=store)
 
 
 def test_join_goes_to_least_loaded_and_keeps_affinity(h: Harness) -> None:
@@ -129,8 +143,8 @@ def test_join_goes_to_least_loaded_and_keeps_affinity(h: Harness) -> None:
     assert gw.pulls == {"a", "b"}
 
 
-def test_join_with_mas() -> None:
-    h = Harness(MasAddress("192.168.1.123", 12345, "192.168.1.124", 12346))
+def test_join_with_mas(store: Store) -> None:
+    h = Harness(MasAddress("192.168.1.123", 12345, "192.168.1.124", 12346), store)
     result = h.send(Method.JOIN, "a")
     assert (result["audioip"], result["audiortpport"]) == ("192.168.1.123", "12345")
     assert (result["videoip"], result["videortpport"]) == ("192.168.1.124", "12346")
@@ -150,7 +164,7 @@ def test_join_errors(h: Harness) -> None:
         h.join("a")
     with pytest.raises(AlreadyJoined):
         h.join("a", conf="other")
-    assert set(h.rooms.conferences) == {"c"}
+    assert h.rooms.counts()["conferences"] == 1 and h.rooms.where("a") == "c"
 
 
 @pytest.mark.parametrize("ambiguous", [False, True])
@@ -176,8 +190,8 @@ def test_join_refused_by_gateway_is_not_stopped(h: Harness) -> None:
     assert gw.names() == ["StartPull"] and h.rooms.get("c") is None
 
 
-def test_no_healthy_gateway() -> None:
-    h = Harness()
+def test_no_healthy_gateway(store: Store) -> None:
+    h = Harness(store=store)
     h.gateways = Gateways([GW1], fetch=lambda a, t: (_ for _ in ()).throw(OSError("refused")))
     h.gateways.poll_once()
     h.front.gateways = h.gateways
@@ -228,7 +242,7 @@ def test_failed_start_push_leaves_no_watch(h: Harness) -> None:
     gw.fail["StartPush"] = GatewayError("StartPush", 424, "no local source")
     with pytest.raises(GatewayError):
         h.send(Method.REQ_VIDEO, "b", ssrc=sa)
-    assert h.rooms.conferences["c"].pushes == {} and "StopPush" not in gw.names()
+    assert h.conf().pushes == {} and "StopPush" not in gw.names()
     del gw.fail["StartPush"]
     assert h.send(Method.REQ_VIDEO, "b", ssrc=sa)["pullurl"]
 
@@ -241,12 +255,12 @@ def test_avsync_and_its_rollback(h: Harness) -> None:
     with pytest.raises(GatewayError):
         h.send(Method.REQ_AVSYNC, "b", ssrc=sa)
     assert gw.names()[-2:] == ["AvSync", "StopPush"] and gw.pushes == {}
-    assert h.rooms.conferences["c"].pushes == {}
+    assert h.conf().pushes == {}
     # an existing watch survives a failed avsync on the same member
     h.send(Method.REQ_VIDEO, "b", ssrc=sa)
     with pytest.raises(GatewayError):
         h.send(Method.REQ_AVSYNC, "b", ssrc=sa)
-    assert h.rooms.conferences["c"].pushes["a"].watchers == {"b"} and "a" in gw.pushes
+    assert h.conf().pushes["a"].watchers == {"b"} and "a" in gw.pushes
     del gw.fail["AvSync"]
     result = h.send(Method.REQ_AVSYNC, "b", ssrc=sa)
     assert set(result) == {"pullurl", "seq", "type"}
@@ -254,7 +268,7 @@ def test_avsync_and_its_rollback(h: Harness) -> None:
     h.send(Method.REQ_AVSYNC, "a", ssrc=sb)
     h.send(Method.CANCEL_VIDEO, "b", ssrc=sa)
     assert gw.avsync == {"a": "b"} and "a" not in gw.pushes
-    assert h.rooms.conferences["c"].avsync == {"a": "b"}
+    assert h.conf().avsync == {"a": "b"}
 
 
 def test_failed_cancel_keeps_the_watch(h: Harness) -> None:
@@ -265,7 +279,7 @@ def test_failed_cancel_keeps_the_watch(h: Harness) -> None:
     gw.fail["StopPush"] = GatewayUnavailable("reset")
     with pytest.raises(GatewayUnavailable):
         h.send(Method.CANCEL_VIDEO, "b", ssrc=sa)
-    assert h.rooms.conferences["c"].pushes["a"].watchers == {"b"}
+    assert h.conf().pushes["a"].watchers == {"b"}
     del gw.fail["StopPush"]
     h.send(Method.CANCEL_VIDEO, "b", ssrc=sa)
     assert gw.pushes == {}
@@ -280,11 +294,11 @@ def test_quit_stops_everything_of_the_member(h: Harness) -> None:
     h.send(Method.REQ_VIDEO, "c", ssrc=sb)
     assert h.send(Method.QUIT, "a") == {}
     assert gw.pulls == {"b", "c"} and set(gw.pushes) == {"b"} and gw.avsync == {}
-    conf = h.rooms.conferences["c"]
+    conf = h.conf()
     assert set(conf.members) == {"b", "c"} and conf.pushes["b"].watchers == {"c"}
     h.send(Method.QUIT, "b")
     h.send(Method.QUIT, "c")
-    assert gw.pulls == set() and gw.pushes == {} and h.rooms.conferences == {}
+    assert gw.pulls == set() and gw.pushes == {} and h.rooms.counts()["conferences"] == 0
     assert h.rooms.counts() == {"conferences": 0, "members": 0, "pushes": 0, "streams": 0}
     with pytest.raises(UnknownConference):
         h.send(Method.QUIT, "c")
@@ -299,11 +313,69 @@ def test_quit_succeeds_when_the_gateway_is_gone(h: Harness) -> None:
         gw.fail[call] = GatewayUnavailable("refused")
     h.send(Method.QUIT, "a")
     h.send(Method.QUIT, "b")
-    assert h.rooms.conferences == {}
+    assert h.rooms.counts()["conferences"] == 0
 
 
-def test_keyed_lock_forgets_idle_keys() -> None:
-    locks = KeyedLock()
-    with locks.hold("a"), locks.hold("b"):
-        assert set(locks._slots) == {"a", "b"}
-    assert locks._slots == {}
+class SlowGateway(FakeGateway):
+    """A gateway whose calls take a moment, so that requests of two fronts interleave."""
+
+    def _enter(self, call: str, kw: dict[str, Any]) -> CallrouteError | None:
+        gevent.sleep(0.002)
+        return super()._enter(call, kw)
+
+
+def test_two_fronts_place_each_conference_once(redis_url: str) -> None:
+    """Each front thinks another gateway is the least loaded: only the lease keeps a
+    conference on one of them, and its SSRCs unique."""
+    fronts = [Harness(store=RedisStore(cluster.connect(redis_url))) for _ in range(2)]
+    gws: dict[str, FakeGateway] = {GW1.name: SlowGateway(), GW2.name: SlowGateway()}
+    fronts[0].load, fronts[1].load = {GW1.name: 0, GW2.name: 9}, {GW1.name: 9, GW2.name: 0}
+    for front in fronts:
+        front.gw = gws
+        front.gateways.poll_once()
+    members = [(f"c{i}", f"c{i}-m{j}") for i in range(8) for j in range(3)]
+    replies = [gevent.spawn(fronts[n % 2].send, Method.JOIN, uuid, conf)
+               for n, (conf, uuid) in enumerate(members)]
+    gevent.joinall(replies, raise_error=True)
+    ssrcs = {m: int(g.value["audiossrc"]) for m, g in zip(members, replies, strict=True)}
+    for i in range(8):
+        homes = [name for name, gw in gws.items()
+                 if any(u.startswith(f"c{i}-") for u in gw.pulls)]
+        assert homes == [fronts[0].conf(f"c{i}").gateway]
+        assert len({ssrcs[m] for m in members if m[0] == f"c{i}"}) == 3
+    # any front answers for any conference, and the state is one
+    sa = ssrcs[("c0", "c0-m0")]
+    url = fronts[1].send(Method.REQ_VIDEO, "c0-m1", "c0", ssrc=sa)["pullurl"]
+    assert fronts[0].send(Method.REQ_VIDEO, "c0-m2", "c0", ssrc=sa)["pullurl"] == url
+    fronts[0].send(Method.CANCEL_VIDEO, "c0-m1", "c0", ssrc=sa)
+    fronts[1].send(Method.CANCEL_VIDEO, "c0-m2", "c0", ssrc=sa)
+    assert not any(gw.pushes for gw in gws.values())
+    with pytest.raises(AlreadyJoined):
+        fronts[1].send(Method.JOIN, "c0-m0", "c1")
+    gevent.joinall([gevent.spawn(fronts[n % 2].send, Method.QUIT, uuid, conf)
+                    for n, (conf, uuid) in enumerate(reversed(members))], raise_error=True)
+    assert not any(gw.pulls for gw in gws.values())
+    assert fronts[1].rooms.counts() == {"conferences": 0, "members": 0, "pushes": 0,
+                                        "streams": 0}
+
+
+def test_redis_away_answers_117_and_touches_no_gateway(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    with RedisServer(tmp_path_factory.mktemp("redis-front")) as server:
+        h = Harness(store=RedisStore(cluster.connect(server.url)))
+        sa = h.join("a")
+        h.join("b")
+        gw = h.gw[GW2.name]
+        calls = len(gw.calls)
+        server.stop()
+        for method, uuid, ssrc in [(Method.JOIN, "c", None), (Method.REQ_VIDEO, "b", sa),
+                                   (Method.QUIT, "a", None)]:
+            with pytest.raises(StoreUnavailable) as caught:
+                h.send(method, uuid, ssrc=ssrc)
+            assert caught.value.code.value == "117"
+        assert len(gw.calls) == calls and gw.pulls == {"a", "b"}
+        server.start()                          # back, with its data: the front carries on
+        assert h.send(Method.REQ_VIDEO, "b", ssrc=sa)["pullurl"]
+        h.send(Method.QUIT, "a")
+        h.send(Method.QUIT, "b")
+        assert gw.pulls == set() and gw.pushes == {}

@@ -11,6 +11,9 @@ import pytest
 from test_callroute_front import PLAY, PUSH, Harness
 
 from callroute.server import App, rtmp_app
+from callroute.store import RedisStore
+from wxmgw import cluster
+from wxmgw.redisd import RedisServer
 
 UUID = "14f5ac8e-5496-11e7-a38b-d93e113210c6"
 
@@ -159,3 +162,21 @@ def test_rtmp_publish_and_play_checks() -> None:
     post(app, {"id": "3", "uuid": UUID, "method": "wxquitconf", "params": {"confId": "123"}})
     assert notify(app, "publish", token).startswith("403")
     assert PLAY != PUSH
+
+
+def test_redis_away_answers_117_in_the_seed_shape(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    with RedisServer(tmp_path_factory.mktemp("redis-app")) as server:
+        app = App(Harness(store=RedisStore(cluster.connect(server.url))).front)
+        token = join(app)["pushurl"].rsplit("/", 1)[1]
+        assert notify(app, "publish", token).startswith("200")
+        server.stop()
+        reply = post(app, {"id": "4", "uuid": "x", "method": "wxjoinconf",
+                           "params": {"confId": "123"}})
+        assert reply["id"] == "4" and reply["result"]["code"] == "117"
+        assert "store" in reply["result"]["message"]
+        assert notify(app, "publish", token).startswith("403")
+        status, _, data = call(app, "/monitor/state", method="GET")
+        assert status == "200 OK" and "storeError" in json.loads(data)
+        server.start()
+        assert notify(app, "publish", token).startswith("200")
