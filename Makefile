@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := nginx libnginx-mod-rtmp ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base \
         gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
-        gstreamer1.0-libav thrift-compiler redis-server
+        gstreamer1.0-libav thrift-compiler redis-server prometheus chromium
 STAMP := $(VENV)/.installed
 SRC := $(wildcard wxmgw callroute tests bench)
 CODE := $(wildcard wxmgw callroute bench)
