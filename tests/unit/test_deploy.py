@@ -1,59 +1,50 @@
-"""deploy/: the alerting rules pass promtool and their unit tests; the rules and the
-dashboard name only metrics the gateway and the front expose."""
+"""The systemd units in deploy/ start the project's commands with flags that exist."""
 
 from __future__ import annotations
 
-import json
-import re
+import argparse
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-from test_callroute_front import Harness
 
-from callroute.server import App
-from wxmgw.app import Gateway
-from wxmgw.config import Config
+from callroute.cli import build_parser
+from wxmgw import config
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-RULES = DEPLOY / "prometheus" / "wxmgw-alerts.yml"
-DASHBOARD = DEPLOY / "grafana" / "wxmgw-dashboard.json"
-NAME = re.compile(r"\b((?:wxmgw|callroute|process)_[a-z_]+|up)\b(?=\s*[{\[(]|\s*[/>=)]|\s*$)", re.M)
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ROOT / "deploy" / "systemd"
+VENV = "/opt/wxmgw/.venv"
 
 
-def promtool(*args: str) -> str:
-    tool = shutil.which("promtool")
-    assert tool, "promtool is missing: `make setup` installs the Debian package prometheus"
-    done = subprocess.run([tool, *args], capture_output=True, text=True, cwd=RULES.parent,
-                          timeout=60, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+def exec_start(unit: Path) -> list[str]:
+    line = next(x for x in unit.read_text().splitlines() if x.startswith("ExecStart="))
+    return shlex.split(line.removeprefix("ExecStart="))
 
 
-def test_rules_are_valid_and_fire_as_their_tests_say() -> None:
-    assert "SUCCESS: 7 rules found" in promtool("check", "rules", RULES.name)
-    assert "SUCCESS" in promtool("test", "rules", "wxmgw-alerts.test.yml")
+def test_wxmgw_unit_flags_parse() -> None:
+    program, command, *flags = exec_start(UNITS / "wxmgw@.service")
+    assert program == f"{VENV}/bin/wxmgw" and command == "serve"
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    args = parser.parse_args(flags)
+    assert args.state_dir == "/var/lib/wxmgw/%i"
 
 
-def exposed() -> set[str]:
-    gateway = Gateway(Config(thrift_port=0, status_port=0, rtp_ports="40000-40009"))
-    texts = [generate_latest(gateway.metrics.registry).decode(),
-             generate_latest(App(Harness().front).metrics.registry).decode()]
-    return {f.name for text in texts for f in text_string_to_metric_families(text)} | {"up"}
+def test_callroute_unit_flags_parse() -> None:
+    program, *rest = exec_start(UNITS / "callroute.service")
+    assert program == f"{VENV}/bin/callroute"
+    assert build_parser().parse_args(rest).command == "serve"
 
 
-def base(name: str) -> str:
-    return re.sub(r"_(bucket|count|sum|total)$", "", name)
-
-
-@pytest.mark.parametrize("path", [RULES, DASHBOARD], ids=lambda p: p.name)
-def test_deploy_names_only_exposed_metrics(path: Path) -> None:
-    text = path.read_text()
-    if path.suffix == ".json":
-        dashboard = json.loads(text)
-        text = "\n".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
-    names = {base(n) for n in NAME.findall(text)}
-    assert names and names <= exposed(), names - exposed()
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_units_verify(tmp_path: Path) -> None:
+    venv = ROOT / ".venv"
+    for unit in UNITS.glob("*.service"):
+        (tmp_path / unit.name).write_text(unit.read_text().replace(VENV, str(venv)))
+    out = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *map(str, tmp_path.glob("*.service"))],
+        capture_output=True, text=True, env={"SYSTEMD_LOG_LEVEL": "warning"},
+    )
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr  # warnings too
