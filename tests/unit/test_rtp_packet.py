@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wxmgw.errors import ParseError
-from wxmgw.rtp.packet import HeaderExtension, RtpPacket, is_rtcp
+from wxmgw.rtp.packet import HeaderExtension, RtpPacket, fixed_header, is_rtcp
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -53,6 +53,20 @@ def test_round_trip_all_fields() -> None:
     assert raw[-3:] == b"\x00\x00\x03"
     assert RtpPacket.parse(raw) == pkt
     assert bytes(RtpPacket.parse(raw)) == raw
+
+
+def test_fixed_header_and_payload_are_the_whole_plain_packet() -> None:
+    """What a sending session builds with no RtpPacket is the packet, byte for byte."""
+    for raw in hex_packets("rtp_pcma_gst.hex"):
+        p = RtpPacket.parse(raw)
+        header = fixed_header(p.payload_type, p.marker, p.sequence_number, p.timestamp, p.ssrc)
+        assert header + p.payload == raw == bytes(p)
+    rng = random.Random(17)
+    for _ in range(200):
+        p = RtpPacket(rng.randrange(128), rng.randrange(1 << 16), rng.randrange(1 << 32),
+                      rng.randrange(1 << 32), rng.randbytes(rng.randrange(20)), rng.random() < 0.5)
+        header = fixed_header(p.payload_type, p.marker, p.sequence_number, p.timestamp, p.ssrc)
+        assert header + p.payload == bytes(p)
 
 
 def test_padding_is_stripped() -> None:

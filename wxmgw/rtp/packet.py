@@ -100,17 +100,13 @@ class RtpPacket:
         if cc > 15 or not 0 <= self.payload_type <= 127 or not 0 <= self.padding <= 255:
             raise ValueError("RTP packet fields out of range (csrcs, payload_type or padding)")
         ext = self.extension
-        b0 = 0x80 | cc
+        flags = cc
         if self.padding:
-            b0 |= 0x20
+            flags |= 0x20
         if ext is not None:
-            b0 |= 0x10
-        header = _HEADER.pack(
-            b0,
-            self.payload_type | 0x80 if self.marker else self.payload_type,
-            self.sequence_number,
-            self.timestamp,
-            self.ssrc,
+            flags |= 0x10
+        header = fixed_header(
+            self.payload_type, self.marker, self.sequence_number, self.timestamp, self.ssrc, flags
         )
         if not (cc or ext or self.padding):
             return header + self.payload
@@ -127,6 +123,23 @@ class RtpPacket:
         if self.padding:
             parts.append(bytes(self.padding - 1) + bytes((self.padding,)))
         return b"".join(parts)
+
+
+def fixed_header(
+    payload_type: int, marker: bool, sequence_number: int, timestamp: int, ssrc: int,
+    flags: int = 0,
+) -> bytes:
+    """The 12-byte fixed header of RFC 3550 §5.1, version 2.
+
+    ``flags`` are the first octet's P and X bits and CSRC count; 0 for a
+    packet with none, which is all a sender of the gateway sends: its
+    header followed by the payload is the whole packet, built with no
+    :class:`RtpPacket` in between.
+    """
+    return _HEADER.pack(
+        0x80 | flags, payload_type | 0x80 if marker else payload_type, sequence_number,
+        timestamp, ssrc,
+    )
 
 
 def is_rtcp(data: bytes) -> bool:

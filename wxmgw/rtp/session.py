@@ -39,7 +39,7 @@ from wxmgw.errors import ParseError
 from wxmgw.ports import PortPair
 from wxmgw.rtp import rtcp
 from wxmgw.rtp.jitter import Gap, JitterBuffer
-from wxmgw.rtp.packet import RtpPacket, is_rtcp
+from wxmgw.rtp.packet import RtpPacket, fixed_header, is_rtcp
 from wxmgw.rtp.seq import TimestampUnwrapper
 
 RTCP_INTERVAL = 5.0
@@ -271,11 +271,11 @@ class RtpSession:
         if config is None or self.remote is None or self.closed:
             return
         rtp_ts = (self._ts_base + timestamp) & 0xFFFFFFFF
-        data = bytes(RtpPacket(config.payload_type, self._seq, rtp_ts, config.ssrc, payload,
-                               marker))
+        seq = self._seq
+        data = fixed_header(config.payload_type, marker, seq, rtp_ts, config.ssrc) + payload
         if self._history is not None:
-            self._history[self._seq % _HISTORY_SLOTS] = (self._seq, data, self.clock())
-        self._seq = (self._seq + 1) & 0xFFFF
+            self._history[seq % _HISTORY_SLOTS] = (seq, data, self.clock())
+        self._seq = (seq + 1) & 0xFFFF
         self._last_sent = (rtp_ts, media_time)
         try:
             self.pair.rtp.sendto(data, self.remote)
