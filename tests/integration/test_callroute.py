@@ -65,8 +65,8 @@ class FrontProcess:
 
     def __init__(self, tmp: Path, gateways: list[GatewayProcess], *,
                  push_base: str = PUSH_BASE, play_base: str = "rtmp://play.example/watch",
-                 extra: list[str] | None = None) -> None:
-        self.port = free_port()
+                 extra: list[str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.log_path = tmp / f"callroute-{self.port}.log"
         spec = ",".join(f"127.0.0.1:{g.thrift_port}@{g.status_port}" for g in gateways)
         self.args = [
