@@ -3,7 +3,8 @@
 Run: ``/tmp/venv0/bin/python bench/bench_capacity.py [--n 1,10,25,50] [--seconds 20]``.
 
 Each leg is a mini-program: an ffmpeg publisher looping a pre-encoded FLV
-(H.264 baseline 600 kbps 640x360 25 fps + AAC 44.1 kHz mono) with ``-re
+at a live pusher's settings (``common.LIVE_VIDEO``: H.264 baseline 600 kbps
+640x360 15 fps, a keyframe every 2 s, + AAC 44.1 kHz mono) with ``-re
 -stream_loop -1 -c copy``. For each N, side by side in one run:
 
 * **wxmgw**: StartPull of the leg's stream to a MAS peer (this script), with a
@@ -16,7 +17,8 @@ Each leg is a mini-program: an ffmpeg publisher looping a pre-encoded FLV
   the member's RTP to RTMP (the Rtp2rtmp issue's command).
 
 Measured over ``--seconds`` after ``--warmup``: CPU seconds per leg-minute of
-the gateway process / of the ffmpeg processes (user+system, from /proc); RSS
+the gateway process / of the ffmpeg processes (user+system, from /proc; the
+system share is kept apart in the JSON); RSS
 per leg (gateway growth over its idle RSS / ffmpeg processes' RSS); media
 continuity, received ÷ expected at the far end: the MAS peer counts the RTP
 video frames (marker bits, 25 fps expected) and audio seconds (PCMA bytes ÷
@@ -40,19 +42,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import selectors
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import av
 import psutil
 from thriftpy2.rpc import make_client
 
@@ -61,149 +59,31 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from common import (  # noqa: E402
-    FFMPEG,
-    Player,
+    LIVE_FPS,
+    CountPlayer,
+    MasPeer,
+    PortRanges,
     Probe,
-    cpu_seconds,
+    cpu_times,
     fmt,
     kill_all,
+    make_live_clip,
     pct_ms,
+    publish_loop,
     push_probe_calls,
     rss,
     rtmp2rtp_cmd,
     rtp2rtmp_cmd,
     spawn,
     tpy,
+    wait_publishing,
 )
-from wxmgw_proc import GatewayProcess, free_port_range  # noqa: E402
+from wxmgw_proc import GatewayProcess  # noqa: E402
 
 from wxmgw.nginx import NginxRtmp  # noqa: E402
 
-FPS = 25
+FPS = LIVE_FPS
 PCMA_RATE = 8000
-CLIP = [
-    *FFMPEG, "-y", "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate={FPS}",
-    "-f", "lavfi", "-i", "sine=440:sample_rate=44100", "-t", "10",
-    "-c:v", "libx264", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-preset", "veryfast",
-    "-b:v", "600k", "-maxrate", "600k", "-bufsize", "600k", "-g", "50",
-    "-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-ac", "1",
-]
-
-
-# -- the MAS peer ----------------------------------------------------------------------
-
-
-@dataclass
-class PeerLeg:
-    """One leg at the MAS: where its RTP arrives and where the peer sends it on."""
-
-    audio: socket.socket
-    video: socket.socket
-    push_audio: tuple[str, int] | None = None  # the member's StartPush ports
-    push_video: tuple[str, int] | None = None
-    mix_to: tuple[str, int] | None = None  # None: echo to the source (symmetric RTP)
-    frames: int = 0
-    audio_bytes: int = 0
-
-    @property
-    def ports(self) -> tuple[int, int]:
-        return self.audio.getsockname()[1], self.video.getsockname()[1]
-
-
-class MasPeer:
-    """Receives every leg's RTP in one thread, counts it, echoes and forwards it."""
-
-    def __init__(self) -> None:
-        self.legs: list[PeerLeg] = []
-        self._selector = selectors.DefaultSelector()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def add(self) -> PeerLeg:
-        lo, _ = free_port_range(4)
-        socks = []
-        for port in (lo, lo + 2):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", port))
-            s.setblocking(False)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            socks.append(s)
-        leg = PeerLeg(socks[0], socks[1])
-        self._selector.register(leg.audio, selectors.EVENT_READ, (leg, True))
-        self._selector.register(leg.video, selectors.EVENT_READ, (leg, False))
-        self.legs.append(leg)
-        return leg
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def counts(self) -> list[tuple[int, int]]:
-        return [(leg.frames, leg.audio_bytes) for leg in self.legs]
-
-    def _run(self) -> None:
-        while not self._stop:
-            for key, _ in self._selector.select(0.2):
-                leg, is_audio = key.data
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                while True:
-                    try:
-                        data, addr = sock.recvfrom(65536)
-                    except (BlockingIOError, OSError):
-                        break
-                    if len(data) < 12 or 64 <= (data[1] & 0x7F) <= 95:
-                        continue  # RTCP
-                    try:
-                        if is_audio:
-                            leg.audio_bytes += len(data) - 12
-                            sock.sendto(data, leg.mix_to or addr)
-                            if leg.push_audio:
-                                sock.sendto(data, leg.push_audio)
-                        else:
-                            leg.frames += data[1] >> 7
-                            if leg.push_video:
-                                sock.sendto(data, leg.push_video)
-                    except OSError:
-                        pass
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        for leg in self.legs:
-            leg.audio.close()
-            leg.video.close()
-
-
-# -- RTMP players --------------------------------------------------------------------------
-
-
-class CountPlayer(Player):
-    """Counts the video frames and AAC audio seconds that arrive, and their media time."""
-
-    # Default probing: a pushed stream's video may start a GOP after
-    # its audio, and PyAV's demux() skips streams found after probing.
-    OPTIONS = {**Player.OPTIONS, "fpsprobesize": "0"}
-    RETRY = 0.5
-
-    def __init__(self, url: str) -> None:
-        self.frames = 0
-        self.audio_seconds = 0.0
-        self.pts = {"video": 0.0, "audio": 0.0}  # latest media time seen, seconds
-        super().__init__(url)
-
-    def on_packet(self, packet: av.Packet, now: float) -> None:
-        if packet.pts is None:
-            return
-        kind = packet.stream.type
-        if kind in self.pts:
-            self.pts[kind] = float(packet.pts * packet.time_base)
-        if kind == "video":
-            self.frames += 1
-        elif kind == "audio":
-            self.audio_seconds += self.aac_seconds(packet)
-
-    def counts(self) -> tuple[int, float, float, float]:
-        return self.frames, self.audio_seconds, self.pts["video"], self.pts["audio"]
 
 
 # -- one side of one N -----------------------------------------------------------------------
@@ -214,6 +94,7 @@ class Result:
     who: str
     n: int
     cpu_per_leg_minute: float
+    system_per_leg_minute: float  # the kernel's share of cpu_per_leg_minute
     rss_mb_per_leg: float
     rtp_video: float  # continuity at the MAS: mean over legs, and the worst leg
     rtp_audio: float
@@ -243,15 +124,15 @@ class Window:
 
     def open(self) -> None:
         self.t0 = time.monotonic()
-        self.cpu0 = cpu_seconds(self.procs)
-        self.me0 = cpu_seconds([self.me])
+        self.cpu0 = cpu_times(self.procs)
+        self.me0 = sum(cpu_times([self.me]))
         self.peer0 = self.peer.counts()
         self.players0 = [p.counts() for p in self.players]
 
     def close(self, who: str, n: int, rss_per_leg: float) -> Result:
         secs = time.monotonic() - self.t0
-        cpu = cpu_seconds(self.procs) - self.cpu0
-        me = cpu_seconds([self.me]) - self.me0
+        user, system = (t1 - t0 for t1, t0 in zip(cpu_times(self.procs), self.cpu0, strict=True))
+        me = sum(cpu_times([self.me])) - self.me0
         video, audio = [], []
         for (f0, a0), (f1, a1) in zip(self.peer0, self.peer.counts(), strict=True):
             video.append((f1 - f0) / (FPS * secs))
@@ -264,7 +145,8 @@ class Window:
         members, mixes = played[0::2], played[1::2]
         return Result(
             who=who, n=n,
-            cpu_per_leg_minute=cpu / n * 60 / secs,
+            cpu_per_leg_minute=(user + system) / n * 60 / secs,
+            system_per_leg_minute=system / n * 60 / secs,
             rss_mb_per_leg=rss_per_leg / 2**20,
             rtp_video=statistics.fmean(video), rtp_audio=statistics.fmean(audio),
             rtp_worst=min(min(video), min(audio)),
@@ -291,7 +173,7 @@ def run_wxmgw(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> R
         idle = rss(procs)
         for i in range(n):
             client = clients[i % len(clients)]
-            leg = peer.add()
+            leg = peer.add(echo=True)
             audio, video = leg.ports
             r = client.StartPush(tpy.StartPushReq(
                 uuid=f"app{i}", pushUrl=live.rtmp_url(f"wx-member{i}"), audioPayloadType=8,
@@ -347,12 +229,13 @@ def run_ffmpeg(tmp: Path, live: NginxRtmp, n: int, args: argparse.Namespace) -> 
     peer = MasPeer()
     procs: list[subprocess.Popen[bytes]] = []
     players: list[CountPlayer] = []
+    ranges = PortRanges()
     try:
         for i in range(n):
-            leg = peer.add()
+            leg = peer.add(echo=True)
             audio, video = leg.ports
-            member_lo, _ = free_port_range(4)
-            mix_lo, _ = free_port_range(2)
+            member_lo = ranges.take(4)
+            mix_lo = ranges.take(2)
             leg.push_audio = ("127.0.0.1", member_lo)
             leg.push_video = ("127.0.0.1", member_lo + 2)
             leg.mix_to = ("127.0.0.1", mix_lo)
@@ -448,7 +331,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir, NginxRtmp(Path(tmpdir) / "nginx") as live:
         tmp = Path(tmpdir)
         clip = tmp / "clip.flv"
-        subprocess.run([*CLIP, str(clip)], check=True)
+        make_live_clip(clip)
         print(f"{args.seconds:.0f} s per side after {args.warmup:.0f} s warm-up; continuity = "
               f"received / expected; CPU s/lm = CPU s per leg-minute; lag = hub lag (ms)")
         print("rtp = at the MAS peer (all legs), rtmp/mix = at the players "
@@ -457,15 +340,9 @@ def main() -> None:
         queue = list(ns)
         while queue:
             n = queue.pop(0)
-            publishers = [subprocess.Popen(
-                [*FFMPEG, "-re", "-stream_loop", "-1", "-i", str(clip), "-c", "copy", "-f", "flv",
-                 live.rtmp_url(f"mp{i}")], stdin=subprocess.DEVNULL) for i in range(n)]
+            publishers = [publish_loop(clip, live.rtmp_url(f"mp{i}")) for i in range(n)]
             try:
-                deadline = time.monotonic() + 30
-                while not all(live.is_publishing(f"mp{i}") for i in range(n)):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("publishers did not start")
-                    time.sleep(0.2)
+                wait_publishing(live, [f"mp{i}" for i in range(n)])
                 for run in (run_wxmgw, run_ffmpeg):
                     result = run(tmp, live, n, args)
                     results.append(result)

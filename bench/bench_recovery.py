@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from bench_rtmp2rtp import PUBLISH  # noqa: E402
-from common import fmt, kill_all, pct_ms, spawn, tpy  # noqa: E402
+from common import PUBLISH, fmt, kill_all, pct_ms, spawn, tpy  # noqa: E402
 from thriftpy2.rpc import make_client  # noqa: E402
 from wxmgw_proc import GatewayProcess, free_port_range  # noqa: E402
 

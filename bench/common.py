@@ -1,15 +1,22 @@
 """What every benchmark here does the same way.
 
 CPU and memory of processes, percentiles, table cells; the issues' ffmpeg
-command lines and their processes; RTMP players; timed Thrift probes.
+command lines and their processes; a mini-program's media (a live pusher's
+clip, looped by one ffmpeg publisher per leg) and a MAS's (a member's RTP
+replayed in real time); the MAS peer that counts, echoes and forwards RTP;
+RTMP players; timed Thrift probes.
 """
 
 from __future__ import annotations
 
+import selectors
+import socket
+import struct
 import subprocess
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,7 @@ import psutil
 import thriftpy2
 from av.audio.codeccontext import AudioCodecContext
 from thriftpy2.rpc import make_client
+from wxmgw_proc import free_port_range  # tests/integration, on the path of every bench
 
 ROOT = Path(__file__).resolve().parents[1]
 tpy = thriftpy2.load(str(ROOT / "idl" / "wxmgw.thrift"), module_name="bench_thrift")
@@ -32,20 +40,45 @@ SDP_AUDIO = "m=audio {port} RTP/AVP 8\na=rtpmap:8 PCMA/8000\n"
 SDP_VIDEO = "m=video {port} RTP/AVP 96\na=rtpmap:96 H264/90000\na=fmtp:96 packetization-mode=1\n"
 PROBE_TIMEOUT = 5.0
 
+#: What a WeChat live pusher sends by default: 640x360 at 15 fps, ~600 kbps
+#: H.264 baseline with a keyframe every 2 s, AAC-LC 44.1 kHz mono.
+LIVE_FPS = 15
+LIVE_GOP = 2 * LIVE_FPS
+LIVE_CLIP_SECONDS = 10  # whole GOPs, so a loop restarts on a keyframe
+LIVE_VIDEO = [
+    "-c:v", "libx264", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-preset", "veryfast",
+    "-b:v", "600k", "-maxrate", "600k", "-bufsize", "600k",
+    "-g", str(LIVE_GOP), "-keyint_min", str(LIVE_GOP), "-sc_threshold", "0",
+]
+#: A mini-program pushing a live-encoded test pattern (320x240 25 fps + AAC 44.1 kHz mono).
+PUBLISH = [
+    *FFMPEG, "-re",
+    "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
+    "-f", "lavfi", "-i", "sine=1000:sample_rate=44100",
+    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "25", "-profile:v", "baseline",
+    "-tune", "zerolatency", "-c:a", "aac", "-ar", "44100", "-ac", "1", "-f", "flv",
+]
+
 
 # -- measuring ---------------------------------------------------------------------------------
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    """User + system CPU seconds of ``procs`` so far (a process that has ended counts 0)."""
-    total = 0.0
+def cpu_times(procs: list[psutil.Process]) -> tuple[float, float]:
+    """User and system CPU seconds of ``procs`` so far (a process that has ended counts 0)."""
+    user = system = 0.0
     for p in procs:
         try:
             t = p.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += t.user + t.system
-    return total
+        user += t.user
+        system += t.system
+    return user, system
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    """User + system CPU seconds of ``procs`` so far."""
+    return sum(cpu_times(procs))
 
 
 def rss(procs: list[psutil.Process]) -> int:
@@ -101,6 +134,51 @@ def rtp2rtmp_cmd(sdp: Path, url: str, audio: int, video: int | None) -> list[str
     copy_video = [] if video is None else ["-c:v", "copy"]
     return [*FFMPEG, "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp),
             *copy_video, "-c:a", "aac", "-f", "flv", url]
+
+
+def make_live_clip(path: Path) -> Path:
+    """Encode a live pusher's stream (:data:`LIVE_VIDEO`, AAC 44.1 kHz mono) to FLV at ``path``."""
+    subprocess.run([
+        *FFMPEG, "-y", "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate={LIVE_FPS}",
+        "-f", "lavfi", "-i", "sine=440:sample_rate=44100", "-t", str(LIVE_CLIP_SECONDS),
+        *LIVE_VIDEO, "-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-ac", "1", str(path),
+    ], check=True)
+    return path
+
+
+def publish_loop(clip: Path, url: str) -> subprocess.Popen[bytes]:
+    """A mini-program: ``clip`` pushed to ``url`` in real time, looped, not re-encoded."""
+    return spawn([*FFMPEG, "-re", "-stream_loop", "-1", "-i", str(clip), "-c", "copy",
+                  "-f", "flv", url])
+
+
+def wait_publishing(live: Any, streams: list[str], timeout: float = 30.0) -> None:
+    """Wait until every stream of ``streams`` is published on ``live`` (a ``NginxRtmp``)."""
+    deadline = time.monotonic() + timeout
+    while not all(live.is_publishing(s) for s in streams):
+        if time.monotonic() > deadline:
+            raise RuntimeError("publishers did not start")
+        time.sleep(0.2)
+
+
+class PortRanges:
+    """Free even-aligned UDP port ranges that do not overlap one another.
+
+    For processes that bind them later (an ffmpeg reading an SDP): two
+    ranges free at the same moment might otherwise be the same ports.
+    """
+
+    def __init__(self) -> None:
+        self._taken: set[int] = set()
+
+    def take(self, size: int) -> int:
+        """The first port of a range of ``size`` free ports none of which was taken before."""
+        while True:
+            lo, hi = free_port_range(size)
+            ports = set(range(lo, hi + 1))
+            if not ports & self._taken:
+                self._taken |= ports
+                return lo
 
 
 def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
@@ -216,3 +294,232 @@ class Probe:
     def stop(self) -> None:
         self._stop = True
         self._thread.join(15)
+
+
+# -- a MAS: members' RTP in, the legs' RTP out ------------------------------------------------
+
+
+@dataclass(slots=True)
+class MemberClip:
+    """A member's media as RTP payloads: per video frame a list, per 20 ms a PCMA packet."""
+
+    video: list[list[bytes]]
+    audio: list[bytes]
+
+
+PCMA_PACKET = 160  # 20 ms at 8 kHz
+AUDIO_PT, VIDEO_PT = 8, 96
+
+
+def make_member_clip() -> MemberClip:
+    """A MAS member's stream, encoded once: :data:`LIVE_VIDEO` H.264 640x360 (SPS/PPS in
+    band, FU-A of at most 1200 bytes) and PCMA 8 kHz, :data:`LIVE_CLIP_SECONDS` long."""
+    from wxmgw.rtp.h264 import NAL_AUD, H264Packetizer, nal_type, split_annexb
+
+    seconds = str(LIVE_CLIP_SECONDS)
+    annexb = subprocess.run([
+        *FFMPEG, "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate={LIVE_FPS}", "-t", seconds,
+        *LIVE_VIDEO, "-x264-params", "aud=1:repeat-headers=1", "-f", "h264", "-",
+    ], capture_output=True, check=True).stdout
+    alaw = subprocess.run([
+        *FFMPEG, "-f", "lavfi", "-i", "sine=440:sample_rate=8000", "-t", seconds,
+        "-c:a", "pcm_alaw", "-f", "alaw", "-",
+    ], capture_output=True, check=True).stdout
+    units: list[list[bytes]] = []
+    for nalu in split_annexb(annexb):
+        if nal_type(nalu) == NAL_AUD:  # x264 starts every access unit with one
+            units.append([])
+        elif units:
+            units[-1].append(nalu)
+    packetizer = H264Packetizer()
+    video = [packetizer.packetize(unit, None, None, False) for unit in units]
+    audio = [alaw[i:i + PCMA_PACKET] for i in range(0, len(alaw), PCMA_PACKET)]
+    assert len(video) == LIVE_FPS * LIVE_CLIP_SECONDS, len(video)
+    return MemberClip(video, audio)
+
+
+_RTP = struct.Struct("!BBHII")
+_SR = struct.Struct("!BBHIIIIII")  # RFC 3550 §6.4.1, no report blocks
+NTP_EPOCH = 2208988800  # 1900-01-01 to 1970-01-01, seconds
+
+
+def sender_report(ssrc: int, wall: float, rtp_ts: int, packets: int) -> bytes:
+    """An RTCP SR (RFC 3550 §6.4.1) mapping ``rtp_ts`` to wall-clock ``wall`` (no octet count)."""
+    ntp = wall + NTP_EPOCH
+    return _SR.pack(0x80, 200, 6, ssrc, int(ntp) & 0xFFFFFFFF, int(ntp % 1 * 2**32),
+                    rtp_ts & 0xFFFFFFFF, packets & 0xFFFFFFFF, 0)
+
+
+class MemberSender:
+    """Replays ``clip`` as every member's RTP, in real time, from one thread, as a MAS would.
+
+    ``legs`` are (audio port, video port) on 127.0.0.1; member ``i`` has its
+    own SSRCs and sequence numbers and its packets are offset by ``i / N`` of
+    a 20 ms packet, as independent members would be: no leg's media arrives
+    in one burst with all the others'. A video frame's packets go together;
+    every second each stream also gets a sender report on its port + 1.
+    """
+
+    def __init__(self, clip: MemberClip, legs: list[tuple[int, int]]) -> None:
+        self.clip, self.legs = clip, legs
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = len(self.legs)
+        start, wall = time.monotonic() + 0.1, time.time() + 0.1
+        sent = [[0, 0] for _ in self.legs]  # packets: audio, video
+        tick = 0  # 20 ms
+        while not self._stop.is_set():
+            for i, (audio, video) in enumerate(self.legs):
+                at = tick * 0.02 + i * 0.02 / n
+                delay = start + at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                if tick % 50 == 0:
+                    self._reports(i, wall + at, tick, sent[i])
+                header = _RTP.pack(0x80, AUDIO_PT, sent[i][0] & 0xFFFF,
+                                   tick * PCMA_PACKET & 0xFFFFFFFF, 1000 + i)
+                self._sock.sendto(header + self.clip.audio[tick % len(self.clip.audio)],
+                                  ("127.0.0.1", audio))
+                sent[i][0] += 1
+                frame = tick * LIVE_FPS // 50  # the frame due in this 20 ms, if it is new
+                if tick == 0 or frame != (tick - 1) * LIVE_FPS // 50:
+                    self._frame(i, video, frame, sent[i])
+            tick += 1
+
+    def _frame(self, leg: int, port: int, n: int, sent: list[int]) -> None:
+        payloads = self.clip.video[n % len(self.clip.video)]
+        ts = n * 90000 // LIVE_FPS & 0xFFFFFFFF
+        last = len(payloads) - 1
+        for k, payload in enumerate(payloads):
+            b1 = VIDEO_PT | (0x80 if k == last else 0)
+            self._sock.sendto(_RTP.pack(0x80, b1, sent[1] & 0xFFFF, ts, 2000 + leg) + payload,
+                              ("127.0.0.1", port))
+            sent[1] += 1
+
+    def _reports(self, leg: int, wall: float, tick: int, sent: list[int]) -> None:
+        audio, video = self.legs[leg]
+        self._sock.sendto(sender_report(1000 + leg, wall, tick * PCMA_PACKET, sent[0]),
+                          ("127.0.0.1", audio + 1))
+        self._sock.sendto(sender_report(2000 + leg, wall, tick * 90000 // 50, sent[1]),
+                          ("127.0.0.1", video + 1))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+
+@dataclass
+class PeerLeg:
+    """One leg at the MAS: where its RTP arrives and where the peer sends it on."""
+
+    audio: socket.socket
+    video: socket.socket
+    echo: bool = False  # the audio back to where it came from (the conference mix)
+    push_audio: tuple[str, int] | None = None  # the member's StartPush ports
+    push_video: tuple[str, int] | None = None
+    mix_to: tuple[str, int] | None = None  # where the echo goes; None: to the source
+    frames: int = 0
+    audio_bytes: int = 0
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return self.audio.getsockname()[1], self.video.getsockname()[1]
+
+
+class MasPeer:
+    """Receives every leg's RTP in one thread, counts it, echoes and forwards it."""
+
+    def __init__(self) -> None:
+        self.legs: list[PeerLeg] = []
+        self._selector = selectors.DefaultSelector()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def add(self, echo: bool = False) -> PeerLeg:
+        lo, _ = free_port_range(4)
+        socks = []
+        for port in (lo, lo + 2):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", port))
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            socks.append(s)
+        leg = PeerLeg(socks[0], socks[1], echo)
+        self._selector.register(leg.audio, selectors.EVENT_READ, (leg, True))
+        self._selector.register(leg.video, selectors.EVENT_READ, (leg, False))
+        self.legs.append(leg)
+        return leg
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def counts(self) -> list[tuple[int, int]]:
+        return [(leg.frames, leg.audio_bytes) for leg in self.legs]
+
+    def _run(self) -> None:
+        while not self._stop:
+            for key, _ in self._selector.select(0.2):
+                leg, is_audio = key.data
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                while True:
+                    try:
+                        data, addr = sock.recvfrom(65536)
+                    except (BlockingIOError, OSError):
+                        break
+                    if len(data) < 12 or 64 <= (data[1] & 0x7F) <= 95:
+                        continue  # RTCP
+                    try:
+                        if is_audio:
+                            leg.audio_bytes += len(data) - 12
+                            if leg.echo:
+                                sock.sendto(data, leg.mix_to or addr)
+                            if leg.push_audio:
+                                sock.sendto(data, leg.push_audio)
+                        else:
+                            leg.frames += data[1] >> 7
+                            if leg.push_video:
+                                sock.sendto(data, leg.push_video)
+                    except OSError:
+                        pass
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        for leg in self.legs:
+            leg.audio.close()
+            leg.video.close()
+
+
+class CountPlayer(Player):
+    """Counts the video frames and AAC audio seconds that arrive, and their media time."""
+
+    # Default probing: a pushed stream's video may start a GOP after
+    # its audio, and PyAV's demux() skips streams found after probing.
+    OPTIONS = {**Player.OPTIONS, "fpsprobesize": "0"}
+    RETRY = 0.5
+
+    def __init__(self, url: str) -> None:
+        self.frames = 0
+        self.audio_seconds = 0.0
+        self.pts = {"video": 0.0, "audio": 0.0}  # latest media time seen, seconds
+        super().__init__(url)
+
+    def on_packet(self, packet: av.Packet, now: float) -> None:
+        if packet.pts is None:
+            return
+        kind = packet.stream.type
+        if kind in self.pts:
+            self.pts[kind] = float(packet.pts * packet.time_base)
+        if kind == "video":
+            self.frames += 1
+        elif kind == "audio":
+            self.audio_seconds += self.aac_seconds(packet)
+
+    def counts(self) -> tuple[int, float, float, float]:
+        return self.frames, self.audio_seconds, self.pts["video"], self.pts["audio"]
