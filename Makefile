@@ -4,19 +4,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := nginx libnginx-mod-rtmp ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base \
         gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
-        gstreamer1.0-libav thrift-compiler redis-server prometheus chromium
+        gstreamer1.0-libav thrift-compiler redis-server libnginx-mod-stream prometheus chromium
 STAMP := $(VENV)/.installed
+# node-media-server, the second live server of the tests, pinned by its package-lock.json.
+NMS := deploy/node-media-server
+NMS_STAMP := $(NMS)/node_modules/.package-lock.json
 SRC := $(wildcard wxmgw callroute tests bench)
 CODE := $(wildcard wxmgw callroute bench)
 
 .PHONY: setup debs run test lint unit integration fuzz bench demo clean
 
-setup: debs $(STAMP)
+setup: debs $(STAMP) $(NMS_STAMP)
 
-# Install only the Debian packages that are missing (apt-get update only when needed).
+# Install only the Debian packages that are missing (apt-get update only when needed);
+# Node.js and npm only when there is no npm at all (NodeSource's nodejs brings its own).
 debs:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
-	    | grep -q 'install ok installed' || echo $$p; done); \
+	    | grep -q 'install ok installed' || echo $$p; done; \
+	    command -v npm >/dev/null || echo nodejs npm); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
 	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -29,6 +34,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
+
+$(NMS_STAMP): $(NMS)/package.json $(NMS)/package-lock.json
+	npm ci --prefix $(NMS) --no-audit --no-fund --loglevel=error
 
 run: setup
 	$(PY) -m wxmgw.run

@@ -1,4 +1,8 @@
-"""Shared fixtures of the integration tests: a real nginx-rtmp and ffmpeg publishers.
+"""Shared fixtures of the integration tests: real live servers and ffmpeg publishers.
+
+``live`` is nginx-rtmp unless a test module parametrizes it (indirectly) over
+:data:`LIVE_SERVERS`: the core pull, push, mix and AvSync tests run against
+node-media-server as well, a live server with a GOP cache.
 
 The gateway runs monkey-patched, so the tests do too: ``patch_all()`` comes
 before every other import.
@@ -15,8 +19,13 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from wxmgw.nginx import NginxRtmp, free_port  # noqa: E402
+from wxmgw.nms import NodeMediaServer  # noqa: E402
 
 __all__ = ["free_port"]
+
+LiveServer = NginxRtmp | NodeMediaServer
+#: ``@pytest.mark.parametrize("live", LIVE_SERVERS, indirect=True)``: both live servers.
+LIVE_SERVERS = ["nginx-rtmp", "node-media-server"]
 
 Publish = Callable[..., "subprocess.Popen[bytes]"]
 
@@ -39,8 +48,11 @@ def ffmpeg_publish_args(
     acodec: str = "aac",
     sample_rate: int = 44100,
     fps: int = 25,
+    gop: int | None = None,
 ) -> list[str]:
-    """The command line of a live publisher: lavfi test pattern and sine, in real time."""
+    """The command line of a live publisher: lavfi test pattern and sine, in real time.
+
+    A keyframe every ``gop`` frames (every second by default)."""
     args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re"]
     if video:
         args += ["-f", "lavfi", "-i", f"testsrc=size=320x240:rate={fps}:duration={seconds}"]
@@ -48,7 +60,7 @@ def ffmpeg_publish_args(
         args += ["-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate={sample_rate}"
                  f":duration={seconds}"]
     if video:
-        args += ["-c:v", vcodec, "-pix_fmt", "yuv420p", "-g", str(fps)]
+        args += ["-c:v", vcodec, "-pix_fmt", "yuv420p", "-g", str(gop or fps)]
         if vcodec == "libx264":
             args += ["-profile:v", "baseline", "-tune", "zerolatency"]
     else:
@@ -83,9 +95,15 @@ def ffmpeg_publish() -> Iterator[Publish]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxRtmp]:
-    """One nginx-rtmp for a whole test module (``nginx`` is one per test)."""
-    with NginxRtmp(tmp_path_factory.mktemp("nginx")) as server:
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """One live server for a whole test module (``nginx`` is one per test): nginx-rtmp,
+    or the one named by an indirect parameter (:data:`LIVE_SERVERS`)."""
+    kind = getattr(request, "param", "nginx-rtmp")
+    workdir = tmp_path_factory.mktemp(kind)
+    server: LiveServer = NginxRtmp(workdir) if kind == "nginx-rtmp" else NodeMediaServer(workdir)
+    with server:
         yield server
 
 

@@ -6,6 +6,8 @@ recorded), never the gateway's own code.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,8 +18,19 @@ import gevent
 import numpy as np
 
 from wxmgw.media.frames import AUDIO_RATE
+from wxmgw.nginx import NginxRtmp
+from wxmgw.nms import NodeMediaServer
 
 WAIT = 20.0
+
+
+def signal_live(live: NginxRtmp | NodeMediaServer, sig: signal.Signals) -> None:
+    """Signal a live server's process, and an nginx's workers (its RTMP sessions live there)."""
+    pid = live.pid
+    assert pid is not None
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for p in (pid, *map(int, children)):
+        os.kill(p, sig)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:

@@ -1,10 +1,10 @@
-"""Rtmp2rtp end to end: a real nginx-rtmp, a real `wxmgw serve`, driven over Thrift.
+"""Rtmp2rtp end to end: a real live server, a real `wxmgw serve`, driven over Thrift.
 
 ffmpeg publishes the mini-program's stream; a socket peer plays the MAS: it
 records what the gateway sends, relays it to GStreamer receivers that have no
 SDP (the independent decoders), and answers the audio symmetrically with the
-conference mix; ffmpeg plays ``pushAudioUrl``. One nginx and one gateway
-serve the whole module.
+conference mix; ffmpeg plays ``pushAudioUrl``. One live server (nginx-rtmp,
+and node-media-server for the core tests) and one gateway serve the whole module.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import gevent
 import numpy as np
 import pytest
 import thriftpy2
-from conftest import ffmpeg_publish_args
-from media_checks import dominant_hz, play_audio, wait_for
+from conftest import LIVE_SERVERS, LiveServer, ffmpeg_publish_args
+from media_checks import dominant_hz, play_audio, signal_live, wait_for
 from thriftpy2.rpc import make_client
 from wxmgw_proc import ROOT, GatewayProcess, free_port, free_port_range
 
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE
 from wxmgw.media.transcode import AudioEncoder, audio_codec
-from wxmgw.nginx import NginxRtmp
+from wxmgw.nms import NodeMediaServer
 from wxmgw.rtp import rtcp
 from wxmgw.rtp.packet import RtpPacket, is_rtcp
 
@@ -57,7 +57,7 @@ NAL_IDR = 5
 class Publisher:
     """An ffmpeg publisher of one stream, restartable."""
 
-    def __init__(self, live: NginxRtmp, stream: str, **kwargs: Any) -> None:
+    def __init__(self, live: LiveServer, stream: str, **kwargs: Any) -> None:
         self.live = live
         self.stream = stream
         self.url = live.rtmp_url(stream)
@@ -80,7 +80,7 @@ class Publisher:
 
 
 @pytest.fixture(scope="module")
-def stream(live: NginxRtmp) -> Iterator[Publisher]:
+def stream(live: LiveServer) -> Iterator[Publisher]:
     """The mini-program: H.264 baseline + AAC 44.1 kHz mono carrying TONE_HZ."""
     pub = Publisher(live, "mini").start()
     yield pub
@@ -113,6 +113,7 @@ class Stream:
     relay_to: int | None = None
     packets: list[RtpPacket] = field(default_factory=list)
     rtcp_in: list[rtcp.RtcpPacket] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each packet
     source: tuple[str, int] | None = None
     rtcp_source: tuple[str, int] | None = None
 
@@ -151,6 +152,7 @@ class MasPeer:
                 stream.rtcp_in += rtcp.parse_compound(data)
                 continue
             stream.source = addr
+            stream.arrivals.append(time.monotonic())
             stream.packets.append(RtpPacket.parse(data))
             if stream.relay_to is not None:
                 sock.sendto(data, ("127.0.0.1", stream.relay_to))
@@ -318,7 +320,10 @@ def stop_pulls_and_check_silence(client: Any, gw: GatewayProcess,
 # -- tests ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("codec", ["PCMA", "PCMU", "G722", "OPUS"])
+@pytest.mark.parametrize(("live", "codec"), [
+    *(("nginx-rtmp", codec) for codec in ("PCMA", "PCMU", "G722", "OPUS")),
+    ("node-media-server", "OPUS"),
+], indirect=["live"])
 def test_pull_to_rtp_decodes_without_sdp(codec: str, stream: Publisher, gateway: GatewayProcess,
                                          client: Any, mas: MasPeer, tmp_path: Path) -> None:
     video = gst_video(tmp_path / "v.yuv")
@@ -369,7 +374,8 @@ def access_units(packets: list[RtpPacket]) -> list[list[RtpPacket]]:
     return units
 
 
-def test_mix_comes_back_to_push_audio_url(stream: Publisher, live: NginxRtmp,
+@pytest.mark.parametrize("live", LIVE_SERVERS, indirect=True)
+def test_mix_comes_back_to_push_audio_url(stream: Publisher, live: LiveServer,
                                           gateway: GatewayProcess, client: Any, mas: MasPeer,
                                           tmp_path: Path) -> None:
     uuid, mix = "mp-mix", "mix-of-mp"
@@ -413,7 +419,7 @@ def test_mix_comes_back_to_push_audio_url(stream: Publisher, live: NginxRtmp,
 
 
 def test_live_server_restart_resumes_without_new_start_pull(
-        stream: Publisher, live: NginxRtmp, gateway: GatewayProcess, client: Any,
+        stream: Publisher, live: LiveServer, gateway: GatewayProcess, client: Any,
         mas: MasPeer) -> None:
     uuid = "mp-restart"
     start_pull(client, uuid, stream.url, mas)
@@ -463,7 +469,7 @@ def test_mas_nack_gets_the_named_video_packets_resent(stream: Publisher,
     stop_pull_and_check_silence(client, gateway, uuid, mas)
 
 
-def test_bad_media_is_reported_and_the_rest_flows(live: NginxRtmp, gateway: GatewayProcess,
+def test_bad_media_is_reported_and_the_rest_flows(live: LiveServer, gateway: GatewayProcess,
                                                   client: Any) -> None:
     # stream: (publisher options, what must flow, the unsupported codec reported)
     cases: dict[str, tuple[dict[str, Any], str, str | None]] = {
@@ -493,3 +499,56 @@ def test_bad_media_is_reported_and_the_rest_flows(live: NginxRtmp, gateway: Gate
             pub.stop()
         for peer in peers.values():
             peer.close()
+
+
+def rtp_lead(stream: Stream, clock_rate: int, after: float) -> float:
+    """How far RTP media time runs ahead of arrival at the MAS, at worst, over the
+    packets that arrived ``after`` seconds past the first; both counted from the first
+    packet, as a MAS whose playout follows RTP timestamps counts them."""
+    p0, a0 = stream.packets[0], stream.arrivals[0]
+    return max(((p.timestamp - p0.timestamp) & 0xFFFFFFFF) / clock_rate - (a - a0)
+               for p, a in zip(stream.packets, stream.arrivals, strict=True) if a - a0 > after)
+
+
+@pytest.mark.parametrize("live", LIVE_SERVERS, indirect=True)
+def test_rtp_stays_at_live_after_a_gop_burst_and_a_stall(
+        live: LiveServer, gateway: GatewayProcess, client: Any, mas: MasPeer,
+        tmp_path: Path) -> None:
+    """A live server with a GOP cache (node-media-server) sends the seconds since the last
+    keyframe in one burst when the play starts; a stalled server, what it held when it
+    comes back. RTP media time stays within 0.3 s of arrival either way, and the video
+    is decodable from its first keyframe."""
+    pub = Publisher(live, "gop", gop=50).start()  # a keyframe every 2 s
+    video = gst_video(tmp_path / "v.yuv")
+    try:
+        gevent.sleep(3.7)  # the GOP cache fills: almost a whole GOP, the second one
+        mas.video.relay_to = video.port
+        uuid = f"mp-gop-{live.rtmp_port}"
+        start_pull(client, uuid, pub.url, mas, "PCMA")
+        wait_for(lambda: len(mas.audio.packets) > 3 / 0.02, what="3 s of audio")
+        audio_lead, video_lead = rtp_lead(mas.audio, 8000, 1.0), rtp_lead(mas.video, 90000, 1.0)
+        print(f"{type(live).__name__}: RTP ahead of arrival after the play-start burst: "
+              f"audio {audio_lead:.3f} s, video {video_lead:.3f} s")
+        assert audio_lead <= 0.3 and video_lead <= 0.3
+
+        stalled = len(mas.audio.packets)
+        signal_live(live, signal.SIGSTOP)  # past the pull's read timeout: it reconnects
+        gevent.sleep(4.0)
+        signal_live(live, signal.SIGCONT)
+        wait_for(lambda: leg_state(gateway, uuid)["stats"]["reconnects"] >= 1, what="reconnect")
+        wait_for(lambda: len(mas.audio.packets) > stalled + 3 / 0.02, what="audio again")
+        audio_lead, video_lead = rtp_lead(mas.audio, 8000, 0), rtp_lead(mas.video, 90000, 0)
+        print(f"{type(live).__name__}: after the stall and the reconnect: "
+              f"audio {audio_lead:.3f} s, video {video_lead:.3f} s")
+        assert audio_lead <= 0.3 and video_lead <= 0.3
+        caught_up = leg_state(gateway, uuid)["stats"]["caughtUp"]
+        stop_pull_and_check_silence(client, gateway, uuid, mas)
+    finally:
+        yuv = video.finish()
+        pub.stop()
+    decoded = len(yuv) // (320 * 240 * 3 // 2)
+    expected = frames_after_first_idr(mas.video.packets)
+    assert decoded >= 0.9 * expected, (decoded, expected)
+    if isinstance(live, NodeMediaServer):  # its burst's audio backlog was dropped, and logged
+        assert caught_up["audioDroppedMs"] > 1000, caught_up
+        assert any(e["uuid"] == uuid for e in gateway.events("pull_caught_up"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -17,6 +16,7 @@ import gevent
 import numpy as np
 import pytest
 from conftest import Publish
+from media_checks import signal_live
 
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Pcm, VideoFrame
 from wxmgw.media.rtmp_reader import RtmpReader
@@ -143,15 +143,6 @@ def test_reader_restarts_after_an_unexpected_error(nginx: NginxRtmp, ffmpeg_publ
     assert reader.stats.crashes == 1 and collector.count("connected") == 2
 
 
-def signal_nginx(nginx: NginxRtmp, sig: signal.Signals) -> None:
-    """Signal nginx's master and its workers (the RTMP sessions live in a worker)."""
-    pid = nginx.pid
-    assert pid is not None
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    for p in (pid, *map(int, children)):
-        os.kill(p, sig)
-
-
 def test_reader_sees_a_hung_server_and_comes_back(nginx: NginxRtmp, ffmpeg_publish: Publish,
                                                   collector: Collector) -> None:
     """A live server that keeps the connection but sends nothing ends the session in time."""
@@ -162,11 +153,11 @@ def test_reader_sees_a_hung_server_and_comes_back(nginx: NginxRtmp, ffmpeg_publi
     try:
         wait_for(lambda: len(collector.video) >= 10)
         failed = collector.count("disconnected")  # before the publisher was there
-        signal_nginx(nginx, signal.SIGSTOP)
+        signal_live(nginx, signal.SIGSTOP)
         try:
             wait_for(lambda: collector.count("disconnected") > failed, timeout=5)
         finally:
-            signal_nginx(nginx, signal.SIGCONT)
+            signal_live(nginx, signal.SIGCONT)
         before = len(collector.video)
         wait_for(lambda: len(collector.video) >= before + 10)
     finally:
