@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from wxmgw.legs.base import FLOWING, STALLED, Flow, Leg, LegContext, media_state
+from wxmgw.legs.base import FLOWING, STALLED, BitrateMeter, Flow, Leg, LegContext, media_state
 from wxmgw.media.endpoint import LatencyWindow
 from wxmgw.metrics import OTHER, MediaCollector, StallWatch
 from wxmgw.ports import PortAllocator
@@ -130,3 +130,19 @@ def test_stall_watch_logs_a_stall_once_and_its_end(caplog: pytest.LogCaptureFixt
     assert stalled["direction"] == "rtp_in" and stalled["silentS"] == 6.0
     assert stalled["confId"] == "conf1" and stalled["uuid"] == "a"
     assert resumed["silentS"] == 10.5  # silent from 99 to 109.5
+
+
+def test_bitrate_meter_measures_windows_of_a_second_at_least() -> None:
+    meter = BitrateMeter()
+    flow = Flow("rtp_in", "audio", bytes=0)
+    meter.measure([flow], 10.0)
+    assert flow.kbps is None
+    flow.bytes = 8000
+    meter.measure([flow], 10.5)  # too soon: no rate yet
+    assert flow.kbps is None
+    flow.bytes = 16000
+    meter.measure([flow], 12.0)
+    assert flow.kbps == 64.0
+    flow.bytes = 16100
+    meter.measure([flow], 12.1)  # the last window's rate stays until the next one ends
+    assert flow.kbps == 64.0

@@ -40,8 +40,8 @@ class Flow:
     ``rtp_in`` (received from the MAS), ``rtmp_out`` (pushed to the live
     server); ``media`` is ``audio``, ``video`` or ``av`` (a whole RTMP
     connection). A counter left None does not apply to the flow.
-    ``silence`` is the seconds since its last media (incoming streams, and
-    outgoing ones that carry the network's frames); ``latency`` the added
+    ``silence`` is the seconds since its last media (incoming streams);
+    ``kbps`` its bitrate, set by a :class:`BitrateMeter`; ``latency`` the added
     latency of its frames per media, ``av_offset`` the A/V offset of what it
     presents (seconds, positive: video late).
     """
@@ -62,6 +62,7 @@ class Flow:
     nack: int | None = None
     silence: float | None = None
     av_offset: float | None = None
+    kbps: float | None = None
     latency: dict[str, LatencyWindow] = field(default_factory=dict)
     av_offsets: LatencyWindow | None = None
 
@@ -77,6 +78,28 @@ class Flow:
 
 _FLOW_FIELDS: Final = tuple(
     f for f in Flow.__dataclass_fields__ if f not in ("latency", "av_offsets"))
+
+
+class BitrateMeter:
+    """The bitrate of each flow's bytes, over windows of at least ``window`` seconds ending
+    when the flows are read: whoever reads them, however often."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        # (direction, media) -> (window start, bytes then, kbps of the last window)
+        self._marks: dict[tuple[str, str], tuple[float, int, float | None]] = {}
+
+    def measure(self, flows: list[Flow], now: float) -> None:
+        for flow in flows:
+            if flow.bytes is None:
+                continue
+            key = (flow.direction, flow.media)
+            since, before, kbps = self._marks.get(key, (now, flow.bytes, None))
+            if now - since >= self.window:
+                kbps = round(max(flow.bytes - before, 0) * 8 / 1000 / (now - since), 1)
+                since, before = now, flow.bytes
+            self._marks[key] = (since, before, kbps)
+            flow.kbps = kbps
 
 
 def received(session: RtpSession, media: str, **counters: Any) -> Flow:
@@ -137,6 +160,7 @@ class Leg:
         self._pairs: list[PortPair] = []
         #: Ports to bind again, in allocation order (a leg restored from the journal).
         self.wanted_ports: list[int] = []
+        self._bitrates = BitrateMeter()
 
     def log(self, name: str, level: int = logging.INFO, **fields: Any) -> None:
         event(logger, name, level, confId=self.conf_id, uuid=self.uuid, leg=self.kind, **fields)
@@ -200,6 +224,7 @@ class Leg:
     def snapshot(self) -> dict[str, Any]:
         """Parameters, counters, and ``media``: the leg's :func:`media_state`."""
         flows = self.flows()
+        self._bitrates.measure(flows, time.monotonic())
         return {
             "kind": self.kind,
             "uuid": self.uuid,
