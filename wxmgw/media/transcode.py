@@ -245,14 +245,14 @@ class AudioDecoder:
         assert self._ctx is not None
         try:
             frames = self._ctx.decode(av.Packet(payload))
-            for frame in frames:
-                self._check(frame, payload)
-            return _joined([self._to_internal(f) for f in frames])
+            sources = [self._check(frame, payload) for frame in frames]
+            return _joined([self._to_internal(f, s) for f, s in zip(frames, sources, strict=True)])
         except (av.error.FFmpegError, ValueError) as e:
             raise MediaError(f"undecodable {self._name} payload: {e}") from e
 
-    def _check(self, frame: AudioFrame, payload: bytes) -> None:
-        """Raise ``DroppedFrame`` unless ``frame`` is what the stream declared.
+    def _check(self, frame: AudioFrame, payload: bytes) -> tuple[str, str, int]:
+        """Raise ``DroppedFrame`` unless ``frame`` is what the stream declared; else its
+        format, layout and rate (each PyAV attribute read makes an object: read once).
 
         The layout is checked before the planes are counted: PyAV counts them
         by walking FFmpeg's plane pointers to the first NULL, past the end of
@@ -260,27 +260,28 @@ class AudioDecoder:
         """
         declared = self._declared
         samples = declared.samples or (_payload_samples(self._name, payload, self._channels),)
-        layout = frame.layout
+        layout, fmt, rate = frame.layout, frame.format, frame.sample_rate
+        source = (fmt.name, layout.name, rate)
         if (
-            layout.name not in declared.layouts
-            or frame.format.name != declared.format
-            or frame.sample_rate not in declared.rates
+            source[1] not in declared.layouts
+            or source[0] != declared.format
+            or rate not in declared.rates
             or frame.samples not in samples
-            or len(frame.planes) != (layout.nb_channels if frame.format.is_planar else 1)
+            or len(frame.planes) != (layout.nb_channels if fmt.is_planar else 1)
         ):
             self._ctx = self._open()
             raise DroppedFrame(
-                f"{self._name} frame dropped: {layout.name}, {frame.format.name}, "
-                f"{frame.sample_rate} Hz, {frame.samples} samples"
+                f"{self._name} frame dropped: {source[1]}, {source[0]}, "
+                f"{rate} Hz, {frame.samples} samples"
             )
+        return source
 
-    def _to_internal(self, frame: AudioFrame) -> Pcm:
+    def _to_internal(self, frame: AudioFrame, source: tuple[str, str, int]) -> Pcm:
         # A stream may change rate or channels (AAC's SBR/PS, a new sequence
         # header): the conversion is chosen for one input format, so renew it.
-        source = (frame.format.name, frame.layout.name, frame.sample_rate)
         if source != self._source:
             self._source = source
-            rate, out = frame.sample_rate, self._rate
+            rate, out = source[2], self._rate
             divides = out % rate == 0
             self._swr = None if divides else Resampler(frame, out)
             self._up = interpolator(rate, out) if divides else None
@@ -408,7 +409,11 @@ class AudioEncoder:
     def encode(self, pcm: Pcm) -> list[bytes]:
         """Buffer ``pcm`` (any length) and return the codec frames completed."""
         out: list[bytes] = []
-        for chunk in self._framer.push(pcm):
+        framer = self._framer
+        # A sender's 20 ms frames come cut to size: one is a packet as it is
+        # (the framer's copy is only needed to make a strided view contiguous).
+        whole = len(pcm) == self.frame_samples and not framer.pending and pcm.flags.c_contiguous
+        for chunk in (pcm,) if whole else framer.push(pcm):
             if self._down is not None:
                 chunk = self._down(chunk)
             if self._g711 is not None:
