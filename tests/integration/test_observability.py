@@ -87,16 +87,6 @@ def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
     gw.stop()
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def spawn(procs: list[subprocess.Popen[bytes]], args: list[str]) -> None:
     procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL))

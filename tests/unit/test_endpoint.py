@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from wxmgw.errors import ParseError
@@ -33,3 +35,21 @@ def test_malformed_sessions_are_counted_and_reported_once_per_burst() -> None:
     assert len(events) == 2 and endpoint.stats.malformed == 5
     endpoint._connected()
     assert endpoint.state == RUNNING
+
+
+def test_events_are_logged_as_stable_names_with_fields(caplog: Any) -> None:
+    endpoint = RtmpEndpoint("rtmp://h/live/s", "pull mp1", lambda k, i: None)
+    caplog.set_level(logging.INFO, logger="wxmgw.media.endpoint")
+    endpoint._failed(OSError("connection refused"))
+    (record,) = caplog.records
+    assert record.getMessage() == "rtmp_disconnected"
+    assert record.fields == {"endpoint": "pull mp1", "url": "rtmp://h/live/s",
+                             "error": "connection refused", "retry_in": 0.5}
+
+
+def test_took_keeps_when_each_stream_last_had_media() -> None:
+    endpoint = RtmpEndpoint("rtmp://h/live/s", "pull", lambda k, i: None)
+    created = endpoint.last_media["video"]
+    endpoint._took("video", time.perf_counter())
+    assert endpoint.last_media["video"] > created == endpoint.last_media["audio"]
+    assert endpoint.latency["video"].total == 1
