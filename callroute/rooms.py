@@ -10,11 +10,12 @@ server's publish/play checks.
 
 Where conferences are kept is a :class:`Store` (:mod:`callroute.store`: in
 this process, or in Redis for a cluster of fronts); :class:`Rooms` is the one
-logic over either. A conference is read with :meth:`Rooms.get`, changed in
-place and written back with :meth:`Rooms.save`, under :meth:`Rooms.hold`.
-The indexes the store keeps beside the conferences (member uuid -> confId,
-stream name -> :class:`Stream`) are derived from the conference at each save,
-never changed on their own, so they cannot drift from it.
+logic over either. A conference is read with :meth:`Rooms.get` (a working
+copy), changed and written back with :meth:`Rooms.save`, under
+:meth:`Rooms.hold`. The indexes the store keeps beside the conferences
+(member uuid -> confId, stream name -> :class:`Stream`) are derived from the
+conference at each save, never changed on their own, so they cannot drift
+from it; the save is where a uuid already in another conference is refused.
 
 State changes are applied optimistically by the front before it calls the
 gateway and undone when the call fails; the operations here are therefore
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from callroute.protocol import AlreadyJoined, NotWatching
+from callroute.protocol import AlreadyJoined, CallrouteError, NotWatching
 
 
 def new_token() -> str:
@@ -59,7 +60,7 @@ class Stream:
     uuid: str
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     uuid: str
     ssrc: int
@@ -126,6 +127,14 @@ class Conference:
     saved: Names = field(default_factory=Names, compare=False, repr=False)
     """What the store's indexes hold for it (as last read or saved)."""
 
+    def copy(self) -> Conference:
+        """A copy to change apart from this one (members are immutable, pushes are not)."""
+        return Conference(
+            self.conf_id, self.gateway, dict(self.members),
+            {u: Push(p.uuid, p.token, set(p.watchers)) for u, p in self.pushes.items()},
+            dict(self.avsync), self.saved,
+        )
+
     def member_by_ssrc(self, ssrc: int) -> Member | None:
         return next((m for m in self.members.values() if m.ssrc == ssrc), None)
 
@@ -139,6 +148,11 @@ class Conference:
         return Names(frozenset(self.members), streams)
 
 
+class NameTaken(CallrouteError):
+    """A stream name issued for a conference is another's (a 2^-128 chance): nothing was
+    saved, and asking again issues other names."""
+
+
 class Store(Protocol):
     """Where conferences are kept: :class:`callroute.store.MemoryStore` or ``RedisStore``.
 
@@ -150,13 +164,14 @@ class Store(Protocol):
         ...
 
     def load(self, conf_id: str) -> Conference | None:
-        """The conference, with ``saved`` set; changes to it are kept by :meth:`commit` only."""
+        """A copy of the conference, with ``saved`` set; only :meth:`commit` keeps changes."""
         ...
 
     def commit(self, conf: Conference, changes: Changes) -> None:
         """Write ``conf`` and ``changes`` to the indexes at once; a conference without
-        members is deleted. AlreadyJoined (nothing written) when a joined uuid is a
-        member of another conference."""
+        members is deleted. Nothing is written, and AlreadyJoined raised, when a joined
+        uuid is a member of another conference (:class:`NameTaken` for an issued name
+        that is another's)."""
         ...
 
     def where(self, uuid: str) -> str | None: ...
@@ -204,24 +219,29 @@ class Rooms:
 
     def save(self, conf: Conference) -> None:
         """Store ``conf`` and its names; one without members is forgotten, and with it
-        its gateway affinity. AlreadyJoined if another conference took a new member."""
-        names = conf.names()
-        self.store.commit(conf, Changes.between(conf.saved, names))
-        conf.saved = names
+        its gateway affinity. AlreadyJoined if a new member is in another conference;
+        nothing is stored then."""
+        saved, conf.saved = conf.saved, conf.names()
+        try:
+            self.store.commit(conf, Changes.between(saved, conf.saved))
+        except BaseException:
+            conf.saved = saved
+            raise
 
     def _issue(self, conf: Conference, *pending: str) -> str:
-        """A stream name that no conference uses, nor ``conf`` since its last save."""
+        """A stream name new to ``conf``; 128 random bits are another conference's only
+        in theory, and then the save refuses it (:class:`NameTaken`)."""
         taken = {*conf.names().streams, *pending}
         token = self._token()
-        while token in taken or self.store.stream(token) is not None:
+        while token in taken:
             token = self._token()
         return token
 
     def join(self, conf: Conference, uuid: str, crgwid: str = "") -> Member:
-        """Add a member with an SSRC unique in the conference and its two stream names."""
-        joined = self.where(uuid) if uuid not in conf.members else conf.conf_id
-        if joined is not None:
-            raise AlreadyJoined(f"{uuid} is already in conference {joined}")
+        """Add a member with an SSRC unique in the conference and its two stream names
+        (whether it is in another conference is for :meth:`save` to tell)."""
+        if uuid in conf.members:
+            raise AlreadyJoined(f"{uuid} is already in conference {conf.conf_id}")
         taken = {m.ssrc for m in conf.members.values()}
         ssrc = self._ssrc()
         while ssrc in taken:

@@ -58,7 +58,8 @@ import redis
 from gevent.lock import Semaphore
 
 from callroute.protocol import AlreadyJoined, StoreUnavailable
-from callroute.rooms import Changes, Conference, Member, Push, Stream, StreamKind
+from callroute.rooms import Changes, Conference, Member, NameTaken, Push, Stream, StreamKind
+from wxmgw.access import redact_token
 from wxmgw.cluster import PREFIX, conference_key
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,7 @@ class KeyedLock:
 
 
 class MemoryStore:
-    """The conferences of one front, in its memory (the embedded default).
-
-    :meth:`load` returns the stored object itself. Between :meth:`Rooms.join
-    <callroute.rooms.Rooms.join>`'s check and the save nothing yields, so
-    :meth:`commit` never refuses here.
-    """
+    """The conferences of one front, in its memory (the embedded default)."""
 
     def __init__(self) -> None:
         self._locks = KeyedLock()
@@ -119,13 +115,17 @@ class MemoryStore:
         return self._locks.hold(conf_id)
 
     def load(self, conf_id: str) -> Conference | None:
-        return self._conferences.get(conf_id)
+        conf = self._conferences.get(conf_id)
+        return None if conf is None else conf.copy()
 
     def commit(self, conf: Conference, changes: Changes) -> None:
         for uuid in changes.joined:
             at = self._where.get(uuid, conf.conf_id)
             if at != conf.conf_id:
                 raise AlreadyJoined(f"{uuid} is already in conference {at}")
+        for name in changes.issued:
+            if name in self._streams:
+                raise NameTaken(f"stream name {redact_token(name)} is already issued")
         for uuid in changes.left:
             del self._where[uuid]
         self._where.update(dict.fromkeys(changes.joined, conf.conf_id))
@@ -133,7 +133,7 @@ class MemoryStore:
             del self._streams[name]
         self._streams.update(changes.issued)
         if conf.members:
-            self._conferences[conf.conf_id] = conf
+            self._conferences[conf.conf_id] = conf.copy()
         else:
             self._conferences.pop(conf.conf_id, None)
 
@@ -187,7 +187,10 @@ end
 local changes = cjson.decode(ARGV[4])
 for _, uuid in ipairs(changes.joined) do
   local at = redis.call('HGET', KEYS[3], uuid)
-  if at and at ~= ARGV[2] then return {uuid, at} end
+  if at and at ~= ARGV[2] then return {'member', uuid, at} end
+end
+for _, pair in ipairs(changes.issued) do
+  if redis.call('HEXISTS', KEYS[4], pair[1]) == 1 then return {'name', pair[1]} end
 end
 for _, uuid in ipairs(changes.left) do redis.call('HDEL', KEYS[3], uuid) end
 for _, uuid in ipairs(changes.joined) do redis.call('HSET', KEYS[3], uuid, ARGV[2]) end
@@ -205,6 +208,14 @@ end
 return 0
 """
 
+_BEGIN = """
+-- KEYS: lease, conference; ARGV: owner, TTL ms. The lease taken: {1, record or nil}.
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('GET', KEYS[2])}
+end
+return {0}
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -214,6 +225,13 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+@dataclass(slots=True)
+class _Lease:
+    owner: str
+    record: str | None
+    """The conference as stored: read with the lease, then as this front saved it."""
 
 
 @contextmanager
@@ -239,9 +257,10 @@ class RedisStore:
         self._ttl_ms = max(1, int(lease_ttl * 1000))
         self._wait = lease_wait
         self._local = KeyedLock()
-        self._held: dict[str, str] = {}
-        """confId -> lease owner token, for the conferences this front holds now."""
+        self._held: dict[str, _Lease] = {}
+        """The conferences this front holds now."""
         self._renewer: gevent.Greenlet | None = None
+        self._begin = client.register_script(_BEGIN)
         self._commit = client.register_script(_COMMIT)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
@@ -249,11 +268,10 @@ class RedisStore:
     @contextmanager
     def hold(self, conf_id: str) -> Iterator[None]:
         """This process's lock on ``conf_id`` first (no Redis traffic for local waiters),
-        then the lease."""
+        then the lease, taken with the conference read in one round trip."""
         with self._local.hold(conf_id):
-            key, owner = lease_key(conf_id), secrets.token_hex(16)
-            self._acquire(conf_id, key, owner)
-            self._held[conf_id] = owner
+            lease = self._acquire(conf_id)
+            self._held[conf_id] = lease
             if self._renewer is None or self._renewer.dead:
                 self._renewer = gevent.spawn(self._renew_forever)
             try:
@@ -261,17 +279,20 @@ class RedisStore:
             finally:
                 del self._held[conf_id]
                 try:
-                    self._release(keys=[key], args=[owner])
+                    self._release(keys=[lease_key(conf_id)], args=[lease.owner])
                 except redis.RedisError as exc:  # it expires by itself
                     logger.warning("lease of %s not released: %s", conf_id, exc)
 
-    def _acquire(self, conf_id: str, key: str, owner: str) -> None:
+    def _acquire(self, conf_id: str) -> _Lease:
+        owner = secrets.token_hex(16)
+        keys = [lease_key(conf_id), conference_key(conf_id)]
         deadline = time.monotonic() + self._wait
         delay = 0.002
         while True:
             with _answering():
-                if self.client.set(key, owner, nx=True, px=self._ttl_ms):
-                    return
+                got = self._begin(keys=keys, args=[owner, self._ttl_ms])
+            if got[0]:
+                return _Lease(owner, None if len(got) < 2 or got[1] is None else str(got[1]))
             if time.monotonic() > deadline:
                 raise StoreUnavailable(
                     f"conference {conf_id} stayed busy on another front for {self._wait:g} s")
@@ -281,19 +302,25 @@ class RedisStore:
     def _renew_forever(self) -> None:
         while self._held:
             gevent.sleep(self._ttl_ms / 3000)
-            for conf_id, owner in list(self._held.items()):
+            for conf_id, lease in list(self._held.items()):
                 try:
-                    self._renew(keys=[lease_key(conf_id)], args=[owner, self._ttl_ms])
+                    self._renew(keys=[lease_key(conf_id)], args=[lease.owner, self._ttl_ms])
                 except redis.RedisError as exc:
                     logger.warning("lease of %s not renewed: %s", conf_id, exc)
 
     def load(self, conf_id: str) -> Conference | None:
-        with _answering():
-            text = self.client.get(conference_key(conf_id))
-        return None if text is None else decode_conference(str(text))
+        """Under :meth:`hold`, the conference as read with the lease (no round trip)."""
+        lease = self._held.get(conf_id)
+        if lease is not None:
+            text = lease.record
+        else:
+            with _answering():
+                found = self.client.get(conference_key(conf_id))
+            text = None if found is None else str(found)
+        return None if text is None else decode_conference(text)
 
     def commit(self, conf: Conference, changes: Changes) -> None:
-        owner = self._held[conf.conf_id]
+        lease = self._held[conf.conf_id]
         record = encode_conference(conf) if conf.members else ""
         diff = json.dumps({
             "joined": sorted(changes.joined), "left": sorted(changes.left),
@@ -303,10 +330,12 @@ class RedisStore:
         keys = [lease_key(conf.conf_id), conference_key(conf.conf_id), MEMBERS, STREAMS,
                 CONFERENCES, placed_key(conf.gateway)]
         with _answering():
-            refused = self._commit(keys=keys, args=[owner, conf.conf_id, record, diff])
+            refused = self._commit(keys=keys, args=[lease.owner, conf.conf_id, record, diff])
+        if refused and refused[0] == "member":
+            raise AlreadyJoined(f"{refused[1]} is already in conference {refused[2]}")
         if refused:
-            uuid, at = refused
-            raise AlreadyJoined(f"{uuid} is already in conference {at}")
+            raise NameTaken(f"stream name {redact_token(str(refused[1]))} is already issued")
+        lease.record = record or None
 
     def where(self, uuid: str) -> str | None:
         with _answering():

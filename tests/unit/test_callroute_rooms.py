@@ -14,7 +14,15 @@ import pytest
 import redis
 
 from callroute.protocol import AlreadyJoined, NotWatching, StoreUnavailable
-from callroute.rooms import Conference, Rooms, Store, StreamKind, new_ssrc, new_token
+from callroute.rooms import (
+    Conference,
+    NameTaken,
+    Rooms,
+    Store,
+    StreamKind,
+    new_ssrc,
+    new_token,
+)
 from callroute.store import (
     CONFERENCES,
     MEMBERS,
@@ -84,15 +92,20 @@ def test_ssrc_unique_per_conference_not_globally(store: Store) -> None:
     assert a.ssrc == b.ssrc == 5
 
 
-def test_token_collision_retried(store: Store) -> None:
-    tokens = iter(["x", "x", "y", "x", "y", "z", "w"])
+def test_token_collision_retried_or_refused(store: Store) -> None:
+    tokens = iter(["x", "x", "y", "x", "z"])
     rooms = Rooms(store, token_factory=lambda: next(tokens))
     conf = rooms.open("c", "gw")
     member = rooms.join(conf, "a")
-    assert (member.token, member.mix_token) == ("x", "y")
+    assert (member.token, member.mix_token) == ("x", "y")     # x again: drawn anew
     save(rooms, conf)
     other = rooms.open("d", "gw")
-    assert rooms.join(other, "b").token == "z"      # x and y are another conference's
+    assert rooms.join(other, "b").token == "x"                # another conference's x ...
+    with pytest.raises(NameTaken):
+        save(rooms, other)                                    # ... is refused at the save
+    assert rooms.get("d") is None and rooms.where("b") is None
+    stream = rooms.stream("x")
+    assert stream is not None and stream.conf_id == "c"
 
 
 def test_already_joined_here_or_elsewhere(store: Store) -> None:
@@ -102,23 +115,33 @@ def test_already_joined_here_or_elsewhere(store: Store) -> None:
     with pytest.raises(AlreadyJoined):
         rooms.join(conf, "a")
     save(rooms, conf)
-    with pytest.raises(AlreadyJoined):
-        rooms.join(rooms.open("d", "gw"), "a")
-
-
-def test_a_uuid_taken_meanwhile_is_refused_at_save(store: Store) -> None:
-    """Two fronts joining one uuid to two conferences at once: the second save loses."""
-    rooms = make_rooms(store)
-    first, second = rooms.open("c", "gw"), rooms.open("d", "gw")
-    rooms.join(first, "a")
-    rooms.join(second, "a")    # both checked before either saved
-    save(rooms, first)
-    if isinstance(store, MemoryStore):
-        second.members.clear()  # (one front cannot get here: nothing yields in between)
-        return
-    with pytest.raises(AlreadyJoined), rooms.hold("d"):
-        rooms.save(second)
+    other = rooms.open("d", "gw")
+    rooms.join(other, "a")              # another conference's member: the save tells
+    with pytest.raises(AlreadyJoined, match="already in conference c"):
+        save(rooms, other)
     assert rooms.get("d") is None and rooms.where("a") == "c"
+
+
+def test_a_refused_save_changes_nothing(store: Store) -> None:
+    """The stored conference stays as it was, and the working copy can be saved again
+    without the refused member."""
+    rooms = make_rooms(store)
+    first = rooms.open("c", "gw")
+    rooms.join(first, "a")
+    save(rooms, first)
+    second = rooms.open("d", "gw")
+    rooms.join(second, "b")
+    save(rooms, second)
+    second = rooms.get("d") or second
+    rooms.join(second, "a")
+    rooms.watch(second, "b", "b")
+    with pytest.raises(AlreadyJoined):
+        save(rooms, second)
+    stored = rooms.get("d")
+    assert stored is not None and set(stored.members) == {"b"} and stored.pushes == {}
+    rooms.leave(second, "a")
+    save(rooms, second)
+    assert rooms.counts() == {"conferences": 2, "members": 2, "pushes": 1, "streams": 5}
 
 
 def test_save_keeps_affinity_and_forgets_an_empty_conference(store: Store) -> None:
