@@ -12,7 +12,7 @@ NMS_STAMP := $(NMS)/node_modules/.package-lock.json
 SRC := $(wildcard wxmgw callroute tests bench)
 CODE := $(wildcard wxmgw callroute bench)
 
-.PHONY: setup debs run test lint unit integration fuzz bench demo clean
+.PHONY: setup debs run test lint unit integration fuzz bench demo demo-cluster clean
 
 setup: debs $(STAMP) $(NMS_STAMP)
 
@@ -43,6 +43,10 @@ run: setup
 
 demo: setup
 	$(PY) -m wxmgw.demo
+
+# Redis, two callroute fronts and two gateways on this machine (README "A cluster").
+demo-cluster: setup
+	$(PY) -m wxmgw.demo_cluster
 
 lint: setup
 	$(PY) -m ruff check $(SRC)

@@ -238,7 +238,7 @@ def verdict(rx: Reception, me: MiniProgram, peer: MiniProgram, *,
     return problems
 
 
-def _free_rtp_ports(size: int = 20) -> str:
+def free_rtp_ports(size: int = 20) -> str:
     """An even-aligned range of ``size`` UDP ports that were free a moment ago."""
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -265,9 +265,15 @@ def has_video(nginx: NginxRtmp, name: str) -> bool:
                for s in nginx.stat().iter("stream"))
 
 
-def _wait(check: Any, timeout: float, what: str) -> None:
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    """Poll ``check`` until it is true (a server not answering yet counts as false)."""
     deadline = time.monotonic() + timeout
-    while not check():
+    while True:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"not in {timeout:.0f} s: {what}")
         time.sleep(0.1)
@@ -298,7 +304,7 @@ def conference(stack: Stack, seconds: float, workdir: Path) -> bool:
             print(f"{mp.uuid:>5} wxreqavsync {peer.uuid}: {reply}")
         for mp in members:
             name = joined[mp]["pullaudiourl"].rsplit("/", 1)[1]
-            _wait(lambda n=name: has_video(stack.nginx, n), 20,
+            wait_until(lambda n=name: has_video(stack.nginx, n), 20,
                   f"{mp.uuid}'s mix stream with the synced video")
         listen = max(5.0, seconds - (time.monotonic() - started) - 4.0)
         print(f"both mix streams are live; each player listens for {listen:.0f} s")
@@ -320,7 +326,7 @@ def conference(stack: Stack, seconds: float, workdir: Path) -> bool:
             proc.wait()
         for mp in members:
             call(stack.front_url, "wxquitconf", mp.uuid, "demo")
-    _wait(lambda: _legs(stack) == (0, 0), 10, "wxmgw back to zero legs and ports")
+    wait_until(lambda: _legs(stack) == (0, 0), 10, "wxmgw back to zero legs and ports")
     print("both quit: wxmgw has 0 legs and 0 RTP ports in use")
     return ok
 
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / ".run" / "demo")
     args = parser.parse_args(argv)
     ports = StackPorts(free_port(), free_port(), free_port(), free_port(), free_port(),
-                       _free_rtp_ports())
+                       free_rtp_ports())
     with tempfile.TemporaryDirectory() as tmp, Stack(ports, args.workdir) as stack:
         print(f"stack up (logs: {stack.workdir}/*.log); conference 'demo' for "
               f"{args.seconds:.0f} s")
