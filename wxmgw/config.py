@@ -47,6 +47,10 @@ class Config:
     # How far behind live a pull's audio may be kept: a live server's burst
     # (its GOP cache) brings older audio, which is dropped (README "Live servers").
     rtmp_max_backlog: float = DEFAULT_LIMITS.max_backlog
+    # rtmps:// URLs: the CAs the live server's certificate is checked against
+    # (PEM; the system's when None), or no check at all (README "Live servers").
+    rtmps_ca_file: str | None = None
+    rtmps_verify: bool = True
     # Loss repair on the RTP side (README "Losses on the RTP side").
     video_jitter_window: float = 0.25
     nack_retry: float = 0.08
@@ -100,7 +104,7 @@ class Config:
         if self.thrift_max_connections < 1 or self.thrift_max_message < 64:
             raise InvalidArgument("thrift-max-connections must be >= 1, thrift-max-message >= 64")
         self.allow()
-        self.rtmp_limits()
+        self.rtmp_limits().tls_context()
         return self
 
     def rtmp_limits(self) -> RtmpLimits:
@@ -111,6 +115,8 @@ class Config:
             max_chunk_streams=self.rtmp_max_chunk_streams,
             amf0_depth=self.rtmp_amf0_depth,
             max_backlog=self.rtmp_max_backlog,
+            tls_ca_file=self.rtmps_ca_file,
+            tls_verify=self.rtmps_verify,
         )
 
     def allow(self) -> AllowList:
@@ -155,6 +161,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtmp-max-backlog", type=float,
                         help="seconds behind live a pull's audio may be kept; a live server's "
                         "burst of older audio is dropped (0.1)")
+    parser.add_argument("--rtmps-ca-file",
+                        help="PEM file of the CAs an rtmps:// server's certificate is checked "
+                        "against (the system's)")
+    parser.add_argument("--rtmps-no-verify", dest="rtmps_verify", action="store_false",
+                        default=None,
+                        help="do not check rtmps:// servers' certificates (checked)")
     parser.add_argument("--video-jitter-window", type=float,
                         help="seconds a hole in incoming video is waited for (0.25)")
     parser.add_argument("--nack-retry", type=float,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from typing import Any
 
 import pytest
 
@@ -95,11 +96,15 @@ def test_chunk_stream_starting_without_type0_is_a_parse_error() -> None:
     ("rtmp://127.0.0.1:1936/live/cam", "live", "cam", 1936),
     ("rtmp://h/live/cam?token=a/b", "live", "cam?token=a/b", 1935),
     ("rtmp://h/app/inst/cam", "app/inst", "cam", 1935),
+    ("rtmps://h/live/cam?txSecret=s&txTime=5F", "live", "cam?txSecret=s&txTime=5F", 443),
+    ("rtmps://h:8443/live/cam", "live", "cam", 8443),
 ])
 def test_url_split_like_ffmpeg(url: str, app: str, stream: str, port: int) -> None:
     parsed = RtmpUrl.parse(url)
     assert (parsed.app, parsed.stream, parsed.port) == (app, stream, port)
-    assert parsed.tc_url == f"rtmp://{parsed.host}:{port}/{app}"
+    scheme = url.split(":")[0]
+    assert parsed.tls == (scheme == "rtmps")
+    assert parsed.tc_url == f"{scheme}://{parsed.host}:{port}/{app}"  # no query: FFmpeg's
 
 
 @pytest.mark.parametrize("url", ["http://h/live/x", "rtmp://h/live", "rtmp:///live/x"])
@@ -208,8 +213,9 @@ def test_abort_releases_what_was_buffered() -> None:
     {"max_buffered": 1 << 20},  # less than the largest media message
     {"max_chunk_streams": 0},
     {"amf0_depth": 0},
+    {"max_backlog": 0.0},  # every audio frame would be backlog
 ])
-def test_limits_that_could_never_fire_or_always_do_are_refused(bad: dict[str, int]) -> None:
+def test_limits_that_could_never_fire_or_always_do_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument):
         RtmpLimits(**bad)
 

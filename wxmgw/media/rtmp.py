@@ -2,6 +2,8 @@
 
 Adobe's RTMP specification (1.0, 2012): §5.2 the handshake, §5.3 chunking,
 §5.4 protocol control messages, §6.2 user control events, §7.2 commands.
+``rtmps://`` is the same session over TLS (Python's ``ssl`` on the gevent
+socket), with SNI and the server's certificate checked unless told not to.
 
 The chunk stream is pure (:class:`ChunkReader` takes bytes and gives
 messages, :class:`ChunkWriter` the reverse). :class:`RtmpClient` runs them
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -52,6 +55,8 @@ _PING_REQUEST: Final = 6
 _PING_RESPONSE: Final = 7
 
 DEFAULT_PORT: Final = 1935
+#: rtmps:// without a port: RTMP over TLS is usually served on HTTPS's port.
+DEFAULT_TLS_PORT: Final = 443
 _HANDSHAKE_SIZE: Final = 1536
 _DEFAULT_CHUNK_SIZE: Final = 128
 _OUR_CHUNK_SIZE: Final = 4096
@@ -92,6 +97,10 @@ class RtmpLimits:
     command (:func:`~wxmgw.media.amf0.decode`). ``max_backlog`` is how far
     behind live (seconds) a pull's audio may be kept: what a burst brings from
     further back is dropped (:mod:`wxmgw.media.rtmp_reader`).
+
+    An ``rtmps://`` session checks the server's certificate against the
+    system's CAs, or ``tls_ca_file``'s (PEM), unless ``tls_verify`` is off
+    (a private deployment with a certificate of its own and no CA).
     """
 
     max_media_message: int = 2 << 20
@@ -101,6 +110,8 @@ class RtmpLimits:
     max_chunk_streams: int = 32
     amf0_depth: int = amf0.MAX_DEPTH
     max_backlog: float = 0.1
+    tls_ca_file: str | None = None
+    tls_verify: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_media_message", "max_command_message"):
@@ -116,6 +127,17 @@ class RtmpLimits:
     def max_message(self, type_id: int) -> int:
         """The largest message of type ``type_id`` a session takes."""
         return self.max_media_message if type_id in _MEDIA_TYPES else self.max_command_message
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS client context of an ``rtmps://`` session."""
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca_file)
+        except OSError as e:
+            raise InvalidArgument(f"rtmps CA file {self.tls_ca_file}: {e}") from None
+        if not self.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
 
 DEFAULT_LIMITS: Final = RtmpLimits()
@@ -269,18 +291,24 @@ class ChunkWriter:
 
 @dataclass(frozen=True, slots=True)
 class RtmpUrl:
-    """``rtmp://host[:port]/app[/instance]/stream[?query]`` as FFmpeg splits it."""
+    """``rtmp[s]://host[:port]/app[/instance]/stream[?query]`` as FFmpeg splits it.
+
+    The query stays on the stream name, as FFmpeg sends it in ``play`` and
+    ``publish`` (cloud live services authenticate with it: ``?txSecret=…``);
+    ``tcUrl`` has none.
+    """
 
     host: str
     port: int
     app: str
     stream: str
+    tls: bool = False
 
     @classmethod
     def parse(cls, url: str) -> RtmpUrl:
         parts = urlsplit(url)
-        if parts.scheme != "rtmp" or not parts.hostname:
-            raise ParseError(f"not an rtmp:// URL: {url!r}")
+        if parts.scheme not in ("rtmp", "rtmps") or not parts.hostname:
+            raise ParseError(f"not an rtmp:// or rtmps:// URL: {url!r}")
         segments = parts.path.lstrip("/").split("/")
         app_segments = 1 if len(segments) == 2 else 2
         if len(segments) < 2 or not segments[-1]:
@@ -289,11 +317,13 @@ class RtmpUrl:
         stream = "/".join(segments[app_segments:])
         if parts.query:
             stream += "?" + parts.query
-        return cls(parts.hostname, parts.port or DEFAULT_PORT, app, stream)
+        tls = parts.scheme == "rtmps"
+        port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
+        return cls(parts.hostname, port, app, stream, tls)
 
     @property
     def tc_url(self) -> str:
-        return f"rtmp://{self.host}:{self.port}/{self.app}"
+        return f"{'rtmps' if self.tls else 'rtmp'}://{self.host}:{self.port}/{self.app}"
 
 
 class RtmpError(Exception):
@@ -318,6 +348,7 @@ class RtmpClient:
         self.bytes_received = 0
         self._timeout = timeout
         self._sock: socket.socket | None = None
+        self._limits = limits
         self._reader = ChunkReader(limits)
         self._writer = ChunkWriter()
         self._pending: deque[Message] = deque()
@@ -374,9 +405,22 @@ class RtmpClient:
         return gevent.Timeout(self._timeout, RtmpError(f"no answer to {what} in time"))
 
     def _open(self) -> None:
-        """TCP, handshake, ``connect`` and ``createStream`` (§7.2.1.1, §7.2.1.3)."""
-        self._sock = socket.create_connection((self.url.host, self.url.port), self._timeout)
+        """TCP (and TLS), handshake, ``connect`` and ``createStream`` (§7.2.1.1, §7.2.1.3).
+
+        A certificate the server's TLS is refused for is an :class:`RtmpError`
+        that says why.
+        """
+        url = self.url
+        self._sock = socket.create_connection((url.host, url.port), self._timeout)
         self._sock.settimeout(self._timeout)
+        if url.tls:
+            context = self._limits.tls_context()
+            try:
+                self._sock = context.wrap_socket(self._sock, server_hostname=url.host)
+            except ssl.SSLCertVerificationError as e:
+                raise RtmpError(
+                    f"rtmps: certificate of {url.host} refused: {e.verify_message}"
+                ) from None
         self._handshake()
         self._send(SET_CHUNK_SIZE, _OUR_CHUNK_SIZE.to_bytes(4, "big"))
         self._writer.chunk_size = _OUR_CHUNK_SIZE
