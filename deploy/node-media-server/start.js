@@ -5,8 +5,8 @@
 // The live server runs with its defaults (GOP cache on: a player that joins
 // gets the media since the last keyframe in one burst), no auth, no web admin
 // and no HTTP-FLV. GET http://127.0.0.1:STATUS_PORT/publishing answers the
-// stream paths being published, one per line ("/live/name"): the tests wait
-// on it as they read nginx-rtmp's /stat.
+// stream paths whose publisher is connected, one per line ("/live/name"): the
+// tests wait on it as they read nginx-rtmp's /stat.
 "use strict";
 
 const http = require("node:http");
@@ -26,9 +26,14 @@ const nms = new NodeMediaServer({
   webadmin: { enable: false },
 }, `${workdir}/config.json`);
 
+// A stream counts as published while its publisher is connected. (The server
+// itself keeps a stream for 30 s after its publisher leaves, for the same
+// client to resume it, and only then says donePublish.)
 const publishing = new Set();
-nms.on("postPublish", (session) => publishing.add(session.streamPath));
-nms.on("donePublish", (session) => publishing.delete(session.streamPath));
+nms.on("postPublish", (session) => {
+  publishing.add(session.streamPath);
+  session.socket?.on("close", () => publishing.delete(session.streamPath));
+});
 
 http.createServer((req, res) => {
   if (req.url !== "/publishing") {

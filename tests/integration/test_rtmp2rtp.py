@@ -157,11 +157,13 @@ class MasPeer:
             if stream.relay_to is not None:
                 sock.sendto(data, ("127.0.0.1", stream.relay_to))
 
-    def answer(self, codec: str, tone_hz: float | None) -> gevent.Greenlet:
-        """Send the mix back from the audio port to where the audio comes from, every 20 ms."""
-        return gevent.spawn(self._answer, codec, tone_hz)
+    def answer(self, codec: str, tone_hz: float | None,
+               payload_type: int | None = None) -> gevent.Greenlet:
+        """Send the mix back from the audio port to where the audio comes from, every 20 ms
+        (in ``payload_type``: the codec's unless told)."""
+        return gevent.spawn(self._answer, codec, tone_hz, payload_type)
 
-    def _answer(self, codec: str, tone_hz: float | None) -> None:
+    def _answer(self, codec: str, tone_hz: float | None, payload_type: int | None) -> None:
         info = audio_codec(codec)
         encoder = AudioEncoder(codec)
         seq, ts, n = 1000, 5000, 0
@@ -171,7 +173,8 @@ class MasPeer:
             amplitude = 8000 if tone_hz else 0
             pcm = (amplitude * np.sin(2 * np.pi * (tone_hz or 0) * t)).astype(np.int16)
             for payload in encoder.encode(pcm):
-                pkt = RtpPacket(PAYLOAD_TYPES[codec], seq, ts, 0x4D4153, payload)
+                pt = PAYLOAD_TYPES[codec] if payload_type is None else payload_type
+                pkt = RtpPacket(pt, seq, ts, 0x4D4153, payload)
                 assert self.audio.source is not None
                 self.audio.rtp.sendto(bytes(pkt), self.audio.source)
                 seq, ts = (seq + 1) & 0xFFFF, ts + info.frame_samples_at_clock
@@ -552,3 +555,32 @@ def test_rtp_stays_at_live_after_a_gop_burst_and_a_stall(
     if isinstance(live, NodeMediaServer):  # its burst's audio backlog was dropped, and logged
         assert caught_up["audioDroppedMs"] > 1000, caught_up
         assert any(e["uuid"] == uuid for e in gateway.events("pull_caught_up"))
+
+
+def test_mix_stream_plays_from_start_pull_whatever_the_mas_sends(
+        stream: Publisher, live: LiveServer, gateway: GatewayProcess, client: Any,
+        mas: MasPeer, tmp_path: Path) -> None:
+    """pushAudioUrl is published at StartPull, silence until the MAS sends: a MAS that
+    says nothing, or answers in another payload type than agreed (logged once, naming
+    both), leaves the mini-program a stream to play all the same."""
+    uuid, mix = "mp-silent-mas", "mix-of-silent-mas"
+    started = time.monotonic()
+    start_pull(client, uuid, stream.url, mas, "PCMA", push_audio_url=live.rtmp_url(mix))
+    wait_for(lambda: live.is_publishing(mix), what="mix stream published")
+    assert time.monotonic() - started < 2.0
+    quiet = play_audio(live.rtmp_url(mix), 2.0, tmp_path / "never.raw")
+    assert len(quiet) >= 1.9 * AUDIO_RATE
+    assert np.abs(quiet.astype(np.int32)).max() < 300
+
+    answer = mas.answer("PCMA", MIX_HZ, payload_type=PAYLOAD_TYPES["PCMU"])
+    try:
+        wait_for(lambda: bool(gateway.events("rtp_wrong_payload_type")), what="wrong PT logged")
+        wrong = play_audio(live.rtmp_url(mix), 2.0, tmp_path / "wrong.raw")
+    finally:
+        answer.kill()
+    assert len(wrong) >= 1.9 * AUDIO_RATE
+    logged = [e for e in gateway.events("rtp_wrong_payload_type") if e["uuid"] == uuid]
+    assert len(logged) == 1, logged
+    assert (logged[0]["seen"], logged[0]["expected"]) == (PAYLOAD_TYPES["PCMU"], 8)
+    assert leg_state(gateway, uuid)["stats"]["mixIn"]["wrongPayloadType"] > 50
+    stop_pull_and_check_silence(client, gateway, uuid, mas)

@@ -15,7 +15,8 @@ timestamp (:class:`AvInterleaver`, pure and clocked from outside):
   audio channel has been quiet for ``QUIET`` past the slot's expected arrival
   (the source's delay, measured on the frames, taken into account), silence
   fills the slots: the stream never stalls, whether the source's audio
-  pauses, is lost or never existed.
+  pauses, is lost or never existed (it starts as silence when the publisher
+  starts).
 * Video waits for a keyframe, then each frame is held until audio up to its
   time (within ``INTERLEAVE_SLACK``) has been written, at most ``HOLD_MAX``:
   the FLV tags go out interleaved by time.
@@ -249,7 +250,9 @@ class FlvPublisher:
         self.crashes = 0
 
     def start(self) -> None:
+        """Publish from now on: silence until the sources bring audio, video as it comes."""
         self._av.base = self._clock()
+        self._av.begin(self._av.base)
         self._writer.start()
         self._follow("audio", self._audio)
         if self._video is not None:

@@ -166,7 +166,11 @@ class MixReceiver:
     The session has already reordered the packets (its jitter buffer) and
     reports losses as gaps; a lost or undecodable packet is simply missing,
     the FLV side fills what is missing with silence; a packet that decodes to
-    a frame the codec does not declare is ``dropped``. Frames carry the
+    a frame the codec does not declare is ``dropped``. The first packet the
+    codec cannot take (another codec than agreed) is logged once,
+    ``mix_undecodable`` with the codec expected and the error; a packet of
+    another payload type never gets here (the session counts and logs it).
+    Frames carry the
     packets' capture times as the session's timeline maps them: from the
     MAS's sender reports once one has arrived (:attr:`sr_mapped`), from
     arrival before.
@@ -179,6 +183,7 @@ class MixReceiver:
         self.lost = 0
         self.undecodable = 0
         self.dropped = 0
+        self._codec = codec.name
         self._decoder = AudioDecoder(codec.name)
         self._framer = AudioFramer(AUDIO_FRAME_SAMPLES, AUDIO_RATE, RTP_RULES)
 
@@ -194,8 +199,11 @@ class MixReceiver:
             except DroppedFrame:
                 self.dropped += 1
                 continue
-            except WxmgwError:
+            except WxmgwError as e:
                 self.undecodable += 1
+                if self.undecodable == 1:
+                    self.session.log("mix_undecodable", logging.WARNING, expected=self._codec,
+                                     payload_type=item.payload_type, error=str(e))
                 continue
             ts = self.session.capture_time(item.timestamp)
             for frame in self._framer.push(pcm, ts, time.perf_counter()):
@@ -484,6 +492,7 @@ class Rtmp2rtp(Leg):
                 "lost": m.lost,
                 "undecodable": m.undecodable,
                 "dropped": m.dropped,
+                "wrongPayloadType": m.session.stats.wrong_payload_type if m.session else 0,
                 "srMapped": m.sr_mapped,
             }
         if mix_out is not None:

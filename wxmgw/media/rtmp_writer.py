@@ -80,11 +80,13 @@ _CLOSE: Final = object()
 class RtmpWriter(RtmpEndpoint):
     """Publishes H.264 and AAC-LC (encoded here from PCM) to an RTMP URL, as one publication.
 
-    A writer made with ``video=True`` opens its publication on the first
-    keyframe that comes with (or after) an SPS and a PPS, and drops audio
-    written before it; an audio-only one opens on the first audio. The
-    publication then lasts until :meth:`close` or a failure: :meth:`set_video`
-    adds, switches or removes video inside it (players keep playing). A
+    A writer opens its publication on the first audio, or on the first
+    keyframe that comes with (or after) an SPS and a PPS: a stream whose
+    video has not come yet plays its audio (silence, from
+    :class:`~wxmgw.legs.flvpush.FlvPublisher`), and its video starts at a
+    keyframe with a sequence header. The publication then lasts until
+    :meth:`close` or a failure: :meth:`set_video` adds, switches or removes
+    video inside it (players keep playing). A
     keyframe whose SPS/PPS differ from those last sent gets a new AVC sequence
     header first. ``audio=False`` makes a video-only publication.
 
@@ -229,7 +231,7 @@ class RtmpWriter(RtmpEndpoint):
             ):
                 self._written("video", item.frame.arrived)
         elif isinstance(item, _Audio):
-            if publication is None and not video:
+            if publication is None:
                 publication = self._open(video, item.pts_ms)
             if publication is not None:
                 tags = publication.write_audio(item.frame.pcm, item.pts_ms)

@@ -27,6 +27,7 @@ resends what a NACK names, each number at most once per
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -232,6 +233,7 @@ class RtpSession:
         self._resend_refill = clock()
         self.timeline = Timeline(receive.clock_rate, offset or ClockOffset()) if receive else None
         self._source: tuple[str, int] | None = None
+        self._wrong_types: set[int] = set()  # payload types seen that are not ours, logged
         self._rtcp_source: tuple[str, int] | None = None
         self._last_sr: tuple[int, float] | None = None  # (middle 32 of NTP, arrival)
         self._fir_seq = 0
@@ -337,6 +339,10 @@ class RtpSession:
             return
         if pkt.payload_type != config.payload_type:
             self.stats.wrong_payload_type += 1
+            if pkt.payload_type not in self._wrong_types:  # at most 128 lines a session
+                self._wrong_types.add(pkt.payload_type)
+                self.log("rtp_wrong_payload_type", logging.WARNING, session=self.name,
+                         seen=pkt.payload_type, expected=config.payload_type)
             return
         self.stats.packets_received += 1
         self.stats.bytes_received += len(pkt.payload)
