@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -285,35 +286,45 @@ def _legs(stack: Stack) -> tuple[int, int]:
     return state["load"]["legs"], len(state["ports"]["inUse"])
 
 
-def conference(stack: Stack, seconds: float, workdir: Path) -> bool:
-    """The scripted conference on a running stack; True when both got what they should."""
-    members = (ALICE, BOB)
-    joined = {mp: call(stack.front_url, "wxjoinconf", mp.uuid, "demo") for mp in members}
-    for mp, reply in joined.items():
+Route = Callable[[MiniProgram, str], str]
+"""The front URL a mini-program sends a method to."""
+
+
+def play_pair(route: Route, nginx: NginxRtmp, conf_id: str, seconds: float, workdir: Path, *,
+              lip_sync: bool = True) -> bool:
+    """Alice and bob join ``conf_id``, publish, ask for each other's video with the mix and
+    play their mix for what is left of ``seconds``, then quit; True when both got what they
+    should."""
+    pairs = ((ALICE, BOB), (BOB, ALICE))
+    joined = {}
+    for mp, _ in pairs:
+        joined[mp] = reply = call(route(mp, "wxjoinconf"), "wxjoinconf", mp.uuid, conf_id)
         if "code" in reply:
             raise RuntimeError(f"{mp.uuid} could not join: {reply}")
-        print(f"{mp.uuid:>5} joined: ssrc {reply['audiossrc']}, pushes {reply['pushurl']}")
+        print(f"{mp.uuid:>5} joined through {route(mp, 'wxjoinconf')}: "
+              f"ssrc {reply['audiossrc']}, pushes {reply['pushurl']}")
     started = time.monotonic()
     publishers = [subprocess.Popen(publisher_args(mp, joined[mp]["pushurl"], seconds),
-                                   stdin=subprocess.DEVNULL) for mp in members]
+                                   stdin=subprocess.DEVNULL) for mp, _ in pairs]
     players: list[Player] = []
     try:
-        for mp, peer in ((ALICE, BOB), (BOB, ALICE)):
-            reply = call(stack.front_url, "wxreqavsync", mp.uuid, "demo",
+        for mp, peer in pairs:
+            front = route(mp, "wxreqavsync")
+            reply = call(front, "wxreqavsync", mp.uuid, conf_id,
                          antissrc=joined[peer]["audiossrc"], seq="1", type="1")
-            print(f"{mp.uuid:>5} wxreqavsync {peer.uuid}: {reply}")
-        for mp in members:
+            print(f"{mp.uuid:>5} wxreqavsync {peer.uuid} through {front}: {reply}")
+        for mp, _ in pairs:
             name = joined[mp]["pullaudiourl"].rsplit("/", 1)[1]
-            wait_until(lambda n=name: has_video(stack.nginx, n), 20,
-                  f"{mp.uuid}'s mix stream with the synced video")
+            wait_until(lambda n=name: has_video(nginx, n), 20,
+                       f"{mp.uuid}'s mix stream with the synced video")
         listen = max(5.0, seconds - (time.monotonic() - started) - 4.0)
         print(f"both mix streams are live; each player listens for {listen:.0f} s")
         players = [Player(joined[mp]["pullaudiourl"], workdir / mp.uuid, listen)
-                   for mp in members]
+                   for mp, _ in pairs]
         ok = True
-        for (mp, peer), player in zip(((ALICE, BOB), (BOB, ALICE)), players, strict=True):
+        for (mp, peer), player in zip(pairs, players, strict=True):
             rx = player.result()
-            problems = verdict(rx, mp, peer)
+            problems = verdict(rx, mp, peer, lip_sync=lip_sync)
             ok &= not problems
             print(f"{mp.uuid:>5} received {rx.summary()}"
                   + (f"\n      PROBLEM: {'; '.join(problems)}" if problems else
@@ -324,8 +335,14 @@ def conference(stack: Stack, seconds: float, workdir: Path) -> bool:
         for proc in publishers:
             proc.kill()
             proc.wait()
-        for mp in members:
-            call(stack.front_url, "wxquitconf", mp.uuid, "demo")
+        for mp, _ in pairs:
+            call(route(mp, "wxquitconf"), "wxquitconf", mp.uuid, conf_id)
+    return ok
+
+
+def conference(stack: Stack, seconds: float, workdir: Path) -> bool:
+    """The scripted conference on a running stack; True when both got what they should."""
+    ok = play_pair(lambda _mp, _method: stack.front_url, stack.nginx, "demo", seconds, workdir)
     wait_until(lambda: _legs(stack) == (0, 0), 10, "wxmgw back to zero legs and ports")
     print("both quit: wxmgw has 0 legs and 0 RTP ports in use")
     return ok

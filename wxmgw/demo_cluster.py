@@ -13,8 +13,8 @@ only. Messages go to front A and front B in turn:
 2. Alice (red, 500 Hz) joins through front A and bob (blue, 1300 Hz) through
    front B; each asks the *other* front for the other's video with the mix
    (``wxreqavsync``) and publishes with ffmpeg; their players report whose
-   video and tone they got (:mod:`wxmgw.demo`'s checks).
-3. Everyone quits through the front it did not join through.
+   video and tone they got (:func:`wxmgw.demo.play_pair`), and each quits
+   through the front it did not join through.
 
 The verdict is OK when every conference ran on exactly one gateway, the one
 its record names, alice and bob each saw and heard only the other, and both
@@ -35,18 +35,7 @@ from typing import Any
 import redis
 
 from wxmgw import cluster
-from wxmgw.demo import (
-    ALICE,
-    BOB,
-    MiniProgram,
-    Player,
-    call,
-    free_rtp_ports,
-    has_video,
-    publisher_args,
-    verdict,
-    wait_until,
-)
+from wxmgw.demo import ALICE, BOB, MiniProgram, call, free_rtp_ports, play_pair, wait_until
 from wxmgw.nginx import NginxRtmp, free_port
 from wxmgw.procs import terminate
 from wxmgw.redisd import RedisServer
@@ -152,50 +141,21 @@ def placement(c: Cluster, conferences: int) -> bool:
 
 
 def media(c: Cluster, seconds: float) -> bool:
-    """Alice through front A, bob through B, each served by the other front too."""
-    pairs: tuple[tuple[MiniProgram, MiniProgram], ...] = ((ALICE, BOB), (BOB, ALICE))
-    via = {ALICE: 0, BOB: 1}
-    joined = {mp: _ok(call(c.fronts[via[mp]], "wxjoinconf", mp.uuid, "duo"), mp.uuid)
-              for mp in (ALICE, BOB)}
-    print(f"conference duo: alice joined through front A, bob through front B; "
-          f"on {c.placed('duo')}")
-    publishers = [subprocess.Popen(publisher_args(mp, joined[mp]["pushurl"], seconds + 15),
-                                   stdin=subprocess.DEVNULL) for mp in (ALICE, BOB)]
-    players: list[Player] = []
-    try:
-        for mp, peer in pairs:
-            _ok(call(c.fronts[1 - via[mp]], "wxreqavsync", mp.uuid, "duo",
-                     antissrc=joined[peer]["audiossrc"], seq="1", type="1"), "wxreqavsync")
-        for mp in (ALICE, BOB):
-            name = joined[mp]["pullaudiourl"].rsplit("/", 1)[1]
-            wait_until(lambda n=name: has_video(c.nginx, n), 20, f"{mp.uuid}'s mix with video")
-        players = [Player(joined[mp]["pullaudiourl"], c.workdir / mp.uuid, seconds)
-                   for mp in (ALICE, BOB)]
-        ok = True
-        for (mp, peer), player in zip(pairs, players, strict=True):
-            rx = player.result()
-            problems = verdict(rx, mp, peer, lip_sync=False)
-            ok &= not problems
-            print(f"{mp.uuid:>5} received {rx.summary()}\n      "
-                  + (f"PROBLEM: {'; '.join(problems)}" if problems
-                     else f"ok: {peer.uuid}'s video and {peer.tone_hz} Hz, not its own"))
-    finally:
-        for player in players:
-            player.kill()
-        for proc in publishers:
-            proc.kill()
-            proc.wait()
-        for mp in (ALICE, BOB):
-            call(c.fronts[1 - via[mp]], "wxquitconf", mp.uuid, "duo")
-    return ok
+    """Alice joins through front A and bob through B; everything else goes to the other."""
+    joins_at = {ALICE: 0, BOB: 1}
+
+    def route(mp: MiniProgram, method: str) -> str:
+        return c.fronts[joins_at[mp] if method == "wxjoinconf" else 1 - joins_at[mp]]
+
+    return play_pair(route, c.nginx, "duo", seconds, c.workdir, lip_sync=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wxmgw.demo_cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conferences", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=6.0,
-                        help="seconds each player of the media conference listens")
+    parser.add_argument("--seconds", type=float, default=12.0,
+                        help="seconds of the media conference (its players listen 4 s less)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".run" / "demo-cluster")
     args = parser.parse_args(argv)
     with ExitStack() as stack:
