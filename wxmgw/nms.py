@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import WxmgwError
+from .logs import event
 from .nginx import free_port
 from .procs import terminate
 
@@ -92,7 +93,7 @@ class NodeMediaServer:
                     self.stop()
                     raise NmsError(f"node-media-server did not start: {self._log_tail()}") from None
                 time.sleep(_POLL_INTERVAL)
-        logger.info("node-media-server up: rtmp=%d", self.rtmp_port)
+        event(logger, "nms_started", rtmpPort=self.rtmp_port)
 
     def _log_tail(self) -> str:
         path = self.workdir / "nms.log"
