@@ -211,7 +211,8 @@ class MixReceiver:
 
     def flow(self) -> Flow:
         assert self.session is not None
-        return received(self.session, "audio", decode_errors=self.undecodable + self.dropped)
+        return received(self.session, "audio", decode_errors=self.undecodable + self.dropped,
+                        dropped=self.out.dropped)
 
     @property
     def sr_mapped(self) -> bool:
