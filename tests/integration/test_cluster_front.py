@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ from test_callroute import FrontProcess, message, video
 from wxmgw_proc import GatewayProcess, free_port
 
 from callroute.store import MEMBERS
-from wxmgw import cluster, demo
-from wxmgw.demo import ALICE, BOB, Player
+from wxmgw import cluster
+from wxmgw.demo import ALICE, BOB, MiniProgram, play_pair
 from wxmgw.nginx import NginxRtmp
 from wxmgw.redisd import RedisServer
 
@@ -155,39 +154,16 @@ def test_twenty_conferences_of_three_through_random_fronts(stack: Cluster) -> No
     assert [k for k in client.scan_iter("wxmgw:conf:*")] == [] and client.hlen(MEMBERS) == 0
 
 
-def test_masless_conference_through_two_fronts(stack: Cluster, tmp_path: Path,
-                                               procs: list[subprocess.Popen[bytes]]) -> None:
-    """Alice joins through front A, bob through B; each asks the other front for the
-    other's video with the mix; each player hears the other's tone and sees its video."""
-    front_of = {ALICE: stack.fronts[0], BOB: stack.fronts[1]}
-    other = {ALICE: stack.fronts[1], BOB: stack.fronts[0]}
-    joined = {mp: stack.send(message("wxjoinconf", mp.uuid, "duo"), front_of[mp])
-              for mp in (ALICE, BOB)}
-    assert stack.homes("duo") != [] and len(stack.homes("duo")) == 1
-    for mp in (ALICE, BOB):
-        procs.append(subprocess.Popen(demo.publisher_args(mp, joined[mp]["pushurl"], 30),
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
-    for mp, peer in ((ALICE, BOB), (BOB, ALICE)):
-        reply = stack.send(video(" wxreqavsync", mp.uuid, "duo", joined[peer]["audiossrc"]),
-                           other[mp])
-        assert "pullurl" in reply, reply
-    players = {}
-    try:
-        for mp in (ALICE, BOB):
-            mix = token(joined[mp]["pullaudiourl"])
-            wait_for(lambda n=mix: demo.has_video(stack.nginx, n),  # type: ignore[misc]
-                     what=f"{mp.uuid}'s mix with the synced video")
-        players = {mp: Player(joined[mp]["pullaudiourl"], tmp_path / mp.uuid, 4.0)
-                   for mp in (ALICE, BOB)}
-        for mp, peer in ((ALICE, BOB), (BOB, ALICE)):
-            rx = players[mp].result()
-            assert demo.verdict(rx, mp, peer, lip_sync=False) == [], rx.summary()
-    finally:
-        for player in players.values():
-            player.kill()
-        for mp in (ALICE, BOB):
-            assert stack.send(message("wxquitconf", mp.uuid, "duo"), other[mp]) == {}
+def test_masless_conference_through_two_fronts(stack: Cluster, tmp_path: Path) -> None:
+    """Alice joins through front A, bob through B, and each asks the other front for the
+    other's video with the mix: each player hears the other's tone and sees its video
+    (:func:`wxmgw.demo.play_pair`, ffmpeg publishers and players)."""
+    joins_at = {ALICE: 0, BOB: 1}
+
+    def route(mp: MiniProgram, method: str) -> str:
+        return stack.fronts[joins_at[mp] if method == "wxjoinconf" else 1 - joins_at[mp]].url()
+
+    assert play_pair(route, stack.nginx, "duo", 10.0, tmp_path, lip_sync=False)
     wait_for(lambda: stack.legs() == 0, what="no legs left")
 
 
