@@ -1,4 +1,5 @@
-"""Properties of the callroute protocol: any bytes, any JSON value, one answer shape.
+"""Properties of the callroute protocol: any bytes, any JSON value, one answer shape; and
+of the conference record fronts share in Redis.
 
 Whatever callroutegw (or anyone reaching the front) sends, the front answers
 a request it understood or the seed's error reply: JSON, HTTP 200 (413 for a
@@ -29,7 +30,9 @@ from callroute.protocol import (
     error_reply,
     parse_request,
 )
+from callroute.rooms import Conference, Member, Push
 from callroute.server import App
+from callroute.store import decode_conference, encode_conference
 
 pytestmark = pytest.mark.fuzz
 
@@ -166,3 +169,28 @@ def test_the_http_front_answers_json_in_the_seed_shape(body: bytes) -> None:
     assert set(reply) == SEED_SHAPE
     if "code" in reply["result"]:
         assert_error_shape(reply)
+
+
+names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
+
+
+@st.composite
+def conferences(draw: st.DrawFn) -> Conference:
+    uuids = draw(st.lists(names, unique=True, max_size=5))
+    conf = Conference(draw(names), draw(names))
+    for uuid in uuids:
+        conf.members[uuid] = Member(uuid, draw(st.integers(1, 0xFFFFFFFF)), draw(names),
+                                    draw(names), draw(st.text(max_size=8)))
+    for uuid in draw(st.lists(st.sampled_from(uuids), unique=True)) if uuids else []:
+        conf.pushes[uuid] = Push(uuid, draw(names), set(draw(st.lists(st.sampled_from(uuids)))))
+    for watcher in draw(st.lists(st.sampled_from(uuids), unique=True)) if uuids else []:
+        conf.avsync[watcher] = draw(st.sampled_from(uuids))
+    return conf
+
+
+@given(conferences())
+def test_the_redis_record_round_trips(conf: Conference) -> None:
+    """What one front saves (``wxmgw:conf:{confId}``) is what another reads, names included."""
+    again = decode_conference(encode_conference(conf))
+    assert again == conf and again.saved == conf.names()
+    assert json.loads(encode_conference(conf))["gateway"] == conf.gateway
