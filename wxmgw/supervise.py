@@ -94,6 +94,11 @@ class Worker:
     def kill(self, block: bool = False) -> None:
         self._greenlet.kill(block=block)
 
+    @property
+    def running_here(self) -> bool:
+        """True when called from the worker's own greenlet (it cannot wait for itself)."""
+        return gevent.getcurrent() is self._greenlet
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the worker has ended; True if it has."""
         self._greenlet.join(timeout)

@@ -142,3 +142,34 @@ def test_rfc4588_retransmission_is_unwrapped(ports):
         assert session.stats.rtx_received == 1 and session.jitter.stats.recovered == 1
     finally:
         session.close()
+
+
+def test_an_error_in_on_media_is_logged_and_the_loop_runs_again(ports):
+    pair = ports.allocate()
+    got: list = []
+    logged: list = []
+
+    def on_media(media):
+        got.extend(media)
+        if len(got) == 1:
+            raise RuntimeError("a bug downstream")
+
+    session = RtpSession(pair, "r", receive=ReceiveConfig(8, 8000), on_media=on_media,
+                         log=lambda name, *_a, **fields: logged.append((name, fields)))
+    session.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for seq in (1, 2):
+                hdr = bytes([0x80, 8, 0, seq, 0, 0, 0, 100 * seq, 0, 0, 0, 7])
+                peer.sendto(hdr + b"\xd5" * 160, ("127.0.0.1", pair.port))
+                gevent.sleep(0.05)
+                if seq == 1:
+                    assert session.state.startswith("failed: RuntimeError")
+                    gevent.sleep(0.6)  # the first restart comes after 0.5 s
+        assert [p.sequence_number for p in got] == [1, 2]
+        assert session.state == "running" and session.stats.crashes == 1
+        assert [n for n, _ in logged].count("rtp_session_crashed") == 1
+        crash = next(f for n, f in logged if n == "rtp_session_crashed")
+        assert crash["worker"] == "read_rtp" and isinstance(crash["exc"], RuntimeError)
+    finally:
+        session.close()

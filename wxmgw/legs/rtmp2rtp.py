@@ -407,8 +407,9 @@ class Rtmp2rtp(Leg):
     # -- reporting ---------------------------------------------------------------------
 
     def health(self) -> str:
-        """The pull's state and the mix push's."""
-        parts = (self._reader, self._mix_out)
+        """The pull's state, the mix push's and the RTP sessions'."""
+        sessions = (s.session for s in (self.video_out, self.audio_out) if s is not None)
+        parts = (self._reader, self._mix_out, *sessions)
         return worst(part.state for part in parts if part is not None)
 
     def describe(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from wxmgw.requests import RtpTarget, StartPush
 from wxmgw.rtp.h264 import H264Depacketizer
 from wxmgw.rtp.jitter import Gap
 from wxmgw.rtp.session import ClockOffset, LossRepair, Media, ReceiveConfig, RtpSession
+from wxmgw.supervise import worst
 
 VIDEO_CLOCK_RATE = 90000
 
@@ -110,7 +111,9 @@ class Rtp2rtmp(Leg):
         return self.audio_pair.port, self.video_pair.port
 
     def health(self) -> str:
-        return self.publisher.state if self.publisher is not None else super().health()
+        """The push's state and the RTP sessions'."""
+        parts = [self.publisher, *(r.session for r in (self.audio, self.video) if r is not None)]
+        return worst(part.state for part in parts if part is not None)
 
     def describe(self) -> dict[str, Any]:
         p = self.params

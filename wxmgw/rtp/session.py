@@ -32,6 +32,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import gevent
@@ -42,6 +43,7 @@ from wxmgw.rtp import rtcp
 from wxmgw.rtp.jitter import Gap, JitterBuffer
 from wxmgw.rtp.packet import RtpPacket, fixed_header, is_rtcp
 from wxmgw.rtp.seq import TimestampUnwrapper
+from wxmgw.supervise import Worker, worst
 
 RTCP_INTERVAL = 5.0
 KEYFRAME_REQUEST_INTERVAL = 1.0
@@ -120,6 +122,7 @@ class SessionStats:
     nack_sent: int = 0
     rtx_received: int = 0
     nack_received: int = 0
+    crashes: int = 0
     resent: int = 0
     resend_missed: int = 0
     remote_fraction_lost: float = 0.0
@@ -238,7 +241,7 @@ class RtpSession:
         self._last_sr: tuple[int, float] | None = None  # (middle 32 of NTP, arrival)
         self._fir_seq = 0
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL
-        self._greenlets: list[gevent.Greenlet] = []
+        self._workers: list[Worker] = []
         self.closed = False
         #: When the last media packet was taken (``clock``); the session's creation before.
         self.last_received = clock()
@@ -246,9 +249,24 @@ class RtpSession:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
-        self._greenlets = [gevent.spawn(self._read_rtcp), gevent.spawn(self._report_loop)]
+        """The socket loops, each a supervised :class:`~wxmgw.supervise.Worker`: an
+        unexpected error (in ``on_media`` or ``on_feedback`` too) is logged
+        (``rtp_session_crashed``, with the traceback), counted in ``crashes``
+        and the loop runs again after a backoff."""
+        loops = [self._read_rtcp, self._report_loop]
         if self.receive_config is not None or self.send_config is not None:
-            self._greenlets.append(gevent.spawn(self._read_rtp))
+            loops.append(self._read_rtp)
+        self._workers = [Worker(loop, partial(self._crashed, loop.__name__)) for loop in loops]
+
+    def _crashed(self, loop: str, error: BaseException, retry_in: float) -> None:
+        self.stats.crashes += 1
+        self.log("rtp_session_crashed", logging.ERROR, exc=error, session=self.name,
+                 worker=loop.strip("_"), retryIn=retry_in)
+
+    @property
+    def state(self) -> str:
+        """``running``, or ``failed: why`` while a loop waits for its restart."""
+        return worst(w.state for w in self._workers)
 
     def close(self) -> None:
         """Stop sending and reading at once; the sockets belong to the pair's owner.
@@ -258,8 +276,13 @@ class RtpSession:
         owner releases the ports right after.
         """
         self.closed = True
-        greenlets, self._greenlets = self._greenlets, []
-        gevent.killall(greenlets, block=gevent.getcurrent() not in greenlets)
+        workers, self._workers = self._workers, []
+        wait = not any(w.running_here for w in workers)
+        for worker in workers:
+            worker.kill()
+        if wait:
+            for worker in workers:
+                worker.join()
 
     # -- sending -------------------------------------------------------------------
 
