@@ -14,11 +14,10 @@ import time
 import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from types import TracebackType
 
 from .errors import WxmgwError
 from .logs import event
-from .procs import terminate
+from .procs import ChildServer
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +83,9 @@ def render_nginx_conf(
     return conf
 
 
-class NginxRtmp:
-    """One nginx-rtmp process on loopback ports; a context manager.
+class NginxRtmp(ChildServer):
+    """One nginx-rtmp process on loopback ports; a context manager (the master's pid is
+    ``pid``, its worker is its child).
 
     ``start()`` returns once the RTMP port accepts TCP connections;
     ``restart()`` kills the process and starts a new one on the same ports,
@@ -116,15 +116,6 @@ class NginxRtmp:
     @property
     def stat_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/stat"
-
-    @property
-    def pid(self) -> int | None:
-        """The master process's pid while running (its worker is its child)."""
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
         if self.running:
@@ -166,20 +157,6 @@ class NginxRtmp:
                 lines += path.read_text(errors="replace").splitlines()[-5:]
         return " | ".join(lines)
 
-    def stop(self) -> None:
-        """Terminate nginx (fast shutdown), killing it if it lingers."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            terminate(proc, timeout=5.0)
-
-    def restart(self) -> None:
-        """Kill nginx abruptly (every RTMP session drops) and start it again."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        self.start()
-
     def stat(self) -> ET.Element:
         """The rtmp_stat XML document."""
         with urllib.request.urlopen(self.stat_url, timeout=5.0) as resp:
@@ -194,15 +171,3 @@ class NginxRtmp:
                 if stream_el.findtext("name") == stream:
                     return any(c.find("publishing") is not None for c in stream_el.iter("client"))
         return False
-
-    def __enter__(self) -> NginxRtmp:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -16,12 +16,11 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from .errors import WxmgwError
 from .logs import event
 from .nginx import free_port
-from .procs import terminate
+from .procs import ChildServer
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class NmsError(WxmgwError):
     """node-media-server is not installed, or did not start."""
 
 
-class NodeMediaServer:
+class NodeMediaServer(ChildServer):
     """One node-media-server on loopback ports; a context manager.
 
     ``start()`` returns once it answers on its status port; ``restart()``
@@ -61,15 +60,6 @@ class NodeMediaServer:
 
     def rtmp_url(self, stream: str, app: str = "live") -> str:
         return f"rtmp://127.0.0.1:{self.rtmp_port}/{app}/{stream}"
-
-    @property
-    def pid(self) -> int | None:
-        """The server's pid while running."""
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
         if self.running:
@@ -108,28 +98,3 @@ class NodeMediaServer:
     def is_publishing(self, stream: str, app: str = "live") -> bool:
         """Whether ``stream`` of ``app`` has an active publisher."""
         return f"/{app}/{stream}" in self._publishing()
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            terminate(proc, timeout=5.0)
-
-    def restart(self) -> None:
-        """Kill it abruptly (every RTMP session drops) and start it again."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        self.start()
-
-    def __enter__(self) -> NodeMediaServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

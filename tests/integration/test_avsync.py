@@ -24,13 +24,12 @@ import gevent
 import numpy as np
 import pytest
 import thriftpy2
-from conftest import ffmpeg_publish_args
+from conftest import LiveServer, ffmpeg_publish_args
 from media_checks import beep_times, flash_times, offsets, record, wait_for
 from thriftpy2.rpc import make_client
 from wxmgw_proc import ROOT, GatewayProcess, free_port_range
 
 from wxmgw.media.frames import AUDIO_RATE
-from wxmgw.nginx import NginxRtmp
 
 tpy = thriftpy2.load(str(ROOT / "idl" / "wxmgw.thrift"), module_name="t_avsync_thrift")
 
@@ -57,7 +56,7 @@ def mcs(gateway: GatewayProcess) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def mini(live: NginxRtmp) -> Iterator[str]:
+def mini(live: LiveServer) -> Iterator[str]:
     """The mini-programs' published stream (each test's mini-program pulls it)."""
     url = live.rtmp_url("mini")
     proc = subprocess.Popen(ffmpeg_publish_args(url, seconds=300, fps=15),
@@ -122,7 +121,7 @@ def mas() -> Iterator[MasPeer]:
     peer.close()
 
 
-def start_pull(mcs: Any, live: NginxRtmp, uuid: str, pull_url: str,
+def start_pull(mcs: Any, live: LiveServer, uuid: str, pull_url: str,
                mas: MasPeer | None) -> None:
     r = mcs.StartPull(tpy.StartPullReq(
         uuid=uuid, pullUrl=pull_url, ssrc=0x51, masIp="127.0.0.1" if mas else "",
@@ -132,7 +131,7 @@ def start_pull(mcs: Any, live: NginxRtmp, uuid: str, pull_url: str,
     assert r.code == 0, r.message
 
 
-def start_push(mcs: Any, live: NginxRtmp, uuid: str, req: str) -> Any:
+def start_push(mcs: Any, live: LiveServer, uuid: str, req: str) -> Any:
     r = mcs.StartPush(tpy.StartPushReq(
         uuid=uuid, pushUrl=live.rtmp_url(f"{uuid}-seen"), audioPayloadType=AUDIO_PT,
         audioCodec="PCMA", videoPayloadType=VIDEO_PT, videoCodec="H264", confId=CONF,
@@ -179,9 +178,11 @@ def rtpbin_sender(media: Path, video_port: int, audio_port: int, video_delay_ms:
     return ["gst-launch-1.0", "-q", *pipeline.split()]
 
 
-@pytest.mark.parametrize("video_delay_ms", [0, 300])
+@pytest.mark.parametrize(("live", "video_delay_ms"), [
+    ("nginx-rtmp", 0), ("nginx-rtmp", 300), ("node-media-server", 0),
+], indirect=["live"])
 def test_member_video_is_lip_synced_with_the_mix(
-        video_delay_ms: int, live: NginxRtmp, gateway: GatewayProcess, mcs: Any, mini: str,
+        video_delay_ms: int, live: LiveServer, gateway: GatewayProcess, mcs: Any, mini: str,
         flashes: Path, mas: MasPeer, procs: list[subprocess.Popen[bytes]],
         tmp_path: Path) -> None:
     mp, member = f"mp-lip{video_delay_ms}", f"m-lip{video_delay_ms}"
@@ -213,7 +214,7 @@ def test_member_video_is_lip_synced_with_the_mix(
     assert leg_stats_had_offset(gateway, mp)
 
 
-def test_unknown_uuid_or_sync_uuid_gets_404(live: NginxRtmp, mcs: Any, mini: str) -> None:
+def test_unknown_uuid_or_sync_uuid_gets_404(live: LiveServer, mcs: Any, mini: str) -> None:
     assert av_sync(mcs, "mp-nobody", "") == 404
     start_pull(mcs, live, "mp-404", mini, None)
     try:
@@ -233,7 +234,7 @@ def gst_member_video(port: int) -> list[str]:
 
 
 def test_switching_members_and_back_to_audio_only_plays_through(
-        live: NginxRtmp, gateway: GatewayProcess, mcs: Any, mini: str,
+        live: LiveServer, gateway: GatewayProcess, mcs: Any, mini: str,
         procs: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
     mp, members = "mp-switch", ["m-one", "m-two"]
     start_pull(mcs, live, mp, mini, None)

@@ -117,9 +117,11 @@ def leg_state(gw: GatewayProcess, uuid: str) -> dict[str, Any]:
     return legs[0]
 
 
-@pytest.mark.parametrize("codec", list(AUDIO))
+@pytest.mark.parametrize(("live", "codec"), [
+    *(("nginx-rtmp", codec) for codec in AUDIO), ("node-media-server", "OPUS"),
+], indirect=["live"])
 def test_member_media_plays_from_push_url(codec, live, gateway, mcs, procs, tmp_path):
-    uuid = f"m-{codec.lower()}"
+    uuid = f"m-{codec.lower()}-{live.rtmp_port}"
     url = live.rtmp_url(uuid)
     r = start_push(mcs, uuid, url, codec)
     assert r.code == 0, r.message
