@@ -35,6 +35,12 @@ _FLAGS: list[tuple[str, str]] = [
     ("--lease-ttl", "seconds a front's lease on a conference lasts unless renewed (default 5)"),
     ("--lease-wait", "seconds a request waits for a conference another front is changing "
                      "(default 15)"),
+    ("--reconcile-interval", "seconds between two reconciliations of each gateway with its "
+                             "conferences (default 1; 0: none)"),
+    ("--move-after", "seconds a gateway may stay silent before its conferences move "
+                     "(default 5)"),
+    ("--stop-orphans", "yes (default) or no: stop legs no conference needs (no: the "
+                       "gateways are also driven by an MCS)"),
 ]
 
 
@@ -58,6 +64,7 @@ def serve(config: Settings) -> None:
     from callroute.front import Front, FrontConfig
     from callroute.gateways import Gateways, RegisteredGateways
     from callroute.mcs import Mcs
+    from callroute.reconcile import Reconciler
     from callroute.rooms import Rooms, Store
     from callroute.server import App, run
     from callroute.store import MemoryStore, RedisStore
@@ -77,9 +84,13 @@ def serve(config: Settings) -> None:
         gateways,
         lambda address: Mcs(address, timeout=config.gateway_timeout),
     )
+    reconciler = None
+    if config.reconcile_interval:
+        reconciler = Reconciler(front, interval=config.reconcile_interval,
+                                move_after=config.move_after, stop_orphans=config.stop_orphans)
     run(App(front, body_limit=config.body_limit), config.host, config.port,
         allow=config.allow_from, idle_timeout=config.idle_timeout,
-        poll_interval=config.poll_interval)
+        poll_interval=config.poll_interval, reconciler=reconciler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,6 +72,13 @@ class Settings:
     conferences wait this long at most)."""
     lease_wait: float = 15.0
     """Seconds a request waits for a conference another front is changing (then 117)."""
+    reconcile_interval: float = 1.0
+    """Seconds between two reconciliations of every gateway (0: none)."""
+    move_after: float = 5.0
+    """Seconds a gateway may stay silent before its conferences move to another."""
+    stop_orphans: bool = True
+    """Whether reconciliation stops legs no conference needs (no: a gateway also driven
+    by something else, such as an MCS)."""
 
     @property
     def play_base(self) -> str:
@@ -147,6 +154,23 @@ def _log_format(value: Any) -> str:
     return str(value)
 
 
+def _yes_no(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("yes", "true", "1"):
+        return True
+    if str(value).lower() in ("no", "false", "0"):
+        return False
+    raise ValueError(f"{value!r} is not yes or no")
+
+
+def _not_negative(value: Any) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"{value!r} must not be negative")
+    return number
+
+
 def _positive(kind: Callable[[Any], float]) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         number = kind(value)
@@ -175,6 +199,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "redis": _redis_url,
     "lease_ttl": _positive(float),
     "lease_wait": _positive(float),
+    "reconcile_interval": _not_negative,
+    "move_after": _positive(float),
+    "stop_orphans": _yes_no,
 }
 assert set(_PARSERS) == {f.name for f in fields(Settings)}
 

@@ -52,7 +52,7 @@ from callroute.protocol import (
     VideoRef,
     video_result,
 )
-from callroute.rooms import Conference, Member, Rooms
+from callroute.rooms import Conference, Member, Push, Rooms
 from wxmgw.logs import event
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,31 @@ class Front:
     def _url(self, base: str, token: str) -> str:
         return f"{base.rstrip('/')}/{token}"
 
+    def start_pull(self, api: GatewayApi, conf: Conference, member: Member) -> None:
+        """StartPull of a member: its stream to the MAS (or the room's mixer), its mix back."""
+        mas = self.config.mas
+        api.start_pull(
+            uuid=member.uuid, conf_id=conf.conf_id, ssrc=member.ssrc,
+            pull_url=self._url(self.config.push_base, member.token),
+            mas_ip=mas.audio_ip if mas else "",
+            audio_port=mas.audio_port if mas else 0,
+            video_port=mas.video_port if mas else 0,
+            push_audio_url=self._url(self.config.push_base, member.mix_token),
+        )
+
+    def start_push(
+        self, api: GatewayApi, conf: Conference, push: Push, watcher: str
+    ) -> tuple[int, int]:
+        """StartPush of a member's video (a mini-program on that gateway: ``weixin``)."""
+        return api.start_push(
+            uuid=push.uuid, conf_id=conf.conf_id, req_uuid=watcher,
+            push_url=self._url(self.config.push_base, push.token), weixin=True,
+        )
+
+    def gateway_api(self, name: str) -> GatewayApi:
+        """The Thrift client of gateway ``name``."""
+        return self._connect(self.gateways.address(name))
+
     def _gateway(self, conf: Conference) -> tuple[GatewayAddress, GatewayApi]:
         address = self.gateways.address(conf.gateway)
         return address, self._connect(address)
@@ -122,14 +147,7 @@ class Front:
         mas = self.config.mas
         try:
             with self._reporting(conf):
-                api.start_pull(
-                    uuid=member.uuid, conf_id=conf.conf_id, ssrc=member.ssrc,
-                    pull_url=self._url(self.config.push_base, member.token),
-                    mas_ip=mas.audio_ip if mas else "",
-                    audio_port=mas.audio_port if mas else 0,
-                    video_port=mas.video_port if mas else 0,
-                    push_audio_url=self._url(self.config.push_base, member.mix_token),
-                )
+                self.start_pull(api, conf, member)
         except CallrouteError as exc:
             self.rooms.leave(conf, member.uuid)
             self._undo(conf, exc)
@@ -204,10 +222,7 @@ class Front:
         try:
             with self._reporting(conf):
                 if created:
-                    ports = api.start_push(
-                        uuid=target.uuid, conf_id=conf.conf_id, req_uuid=watcher.uuid,
-                        push_url=self._url(self.config.push_base, push.token), weixin=True,
-                    )
+                    ports = self.start_push(api, conf, push, watcher.uuid)
                     started = True
                 if avsync:
                     api.av_sync(uuid=watcher.uuid, conf_id=conf.conf_id, sync_uuid=target.uuid)

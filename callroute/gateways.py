@@ -82,6 +82,14 @@ class Gateways:
         except ValueError:
             raise GatewayUnavailable(f"wxmgw {name} is not known here") from None
 
+    def names(self) -> list[str]:
+        """Every gateway known here, up or down."""
+        return list(self._health)
+
+    def is_healthy(self, name: str) -> bool:
+        health = self._health.get(name)
+        return health is not None and health.healthy
+
     def poll_once(self) -> None:
         """Poll every gateway's state once (sequentially: each is bounded by the timeout)."""
         for name, health in self._health.items():

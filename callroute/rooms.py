@@ -186,6 +186,10 @@ class Store(Protocol):
         """The confIds placed on ``gateway`` (for reconciling it with what the gateway runs)."""
         ...
 
+    def claim(self, name: str, ttl: float) -> bool:
+        """Whether this front reconciles gateway ``name`` for the next ``ttl`` seconds."""
+        ...
+
 
 class Rooms:
     """Every conference of the store, indexed by confId, member uuid and stream name."""

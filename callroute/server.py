@@ -50,10 +50,12 @@ from callroute.protocol import (
     parse_request,
     reply,
 )
+from callroute.reconcile import Reconciler
 from callroute.rooms import Stream
 from wxmgw.access import AllowList, redact_token
 from wxmgw.guard import GuardedWSGIServer
 from wxmgw.logs import event
+from wxmgw.supervise import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +198,10 @@ def _json(
     return [data]
 
 
+def _reconcile_crashed(error: BaseException, retry_in: float) -> None:
+    event(logger, "reconcile_crashed", logging.ERROR, exc=error, retryIn=retry_in)
+
+
 def _poll_forever(gateways: Gateways, interval: float) -> None:
     while True:
         gevent.sleep(interval)
@@ -204,7 +210,7 @@ def _poll_forever(gateways: Gateways, interval: float) -> None:
 
 def run(
     app: App, host: str, port: int, *, allow: AllowList, idle_timeout: float = 30.0,
-    poll_interval: float = 2.0,
+    poll_interval: float = 2.0, reconciler: Reconciler | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain the requests in flight (5 s at most)."""
     server = GuardedWSGIServer(
@@ -213,6 +219,7 @@ def run(
     )
     app.front.gateways.poll_once()
     poller = gevent.spawn(_poll_forever, app.front.gateways, poll_interval)
+    reconciling = None if reconciler is None else Worker(reconciler.run_forever, _reconcile_crashed)
     stop = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
@@ -223,3 +230,5 @@ def run(
     event(logger, "stopping")
     server.stop(timeout=5)
     poller.kill()
+    if reconciling is not None:
+        reconciling.kill()

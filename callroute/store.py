@@ -21,6 +21,8 @@ Keys in Redis (all under ``wxmgw:``, beside the gateways' keys of
 * ``wxmgw:conferences``: set of confIds; ``wxmgw:placed:{gateway}``: set of the
   confIds placed on that gateway.
 * ``wxmgw:lease:{confId}``: the lease of the front changing that conference.
+* ``wxmgw:reconcile:{gateway}``: the lease of the front reconciling that
+  gateway (:mod:`callroute.reconcile`).
 
 Every key of a conference goes in the same Lua script call that removes its
 last member: nothing of an ended conference stays. Nothing expires while it
@@ -75,6 +77,10 @@ def placed_key(gateway: str) -> str:
 
 def lease_key(conf_id: str) -> str:
     return f"{PREFIX}lease:{conf_id}"
+
+
+def reconcile_key(gateway: str) -> str:
+    return f"{PREFIX}reconcile:{gateway}"
 
 
 @dataclass(slots=True)
@@ -150,6 +156,10 @@ class MemoryStore:
     def conferences_on(self, gateway: str) -> set[str]:
         return {c.conf_id for c in self._conferences.values() if c.gateway == gateway}
 
+    def claim(self, name: str, ttl: float) -> bool:
+        """The only front reconciles every gateway."""
+        return True
+
 
 def encode_conference(conf: Conference) -> str:
     """The JSON record of ``wxmgw:conf:{confId}`` (see the module docstring)."""
@@ -179,7 +189,8 @@ def decode_conference(text: str) -> Conference:
 
 
 _COMMIT = """
--- KEYS: lease, conference, members, streams, conferences, placed on its gateway
+-- KEYS: lease, conference, members, streams, conferences, placed on its gateway,
+--       placed on the gateway it was on (another when the conference has moved)
 -- ARGV: lease owner, confId, record ('' when it has no member left), changes
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('LEASE this front no longer holds the conference')
@@ -196,6 +207,7 @@ for _, uuid in ipairs(changes.left) do redis.call('HDEL', KEYS[3], uuid) end
 for _, uuid in ipairs(changes.joined) do redis.call('HSET', KEYS[3], uuid, ARGV[2]) end
 for _, name in ipairs(changes.revoked) do redis.call('HDEL', KEYS[4], name) end
 for _, pair in ipairs(changes.issued) do redis.call('HSET', KEYS[4], pair[1], pair[2]) end
+if KEYS[7] ~= KEYS[6] then redis.call('SREM', KEYS[7], ARGV[2]) end
 if ARGV[3] == '' then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[5], ARGV[2])
@@ -218,6 +230,13 @@ return {0}
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_CLAIM = """
+-- KEYS: a reconciliation lease; ARGV: this front, TTL ms. 1 when this front holds it now.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
 
@@ -264,6 +283,8 @@ class RedisStore:
         self._commit = client.register_script(_COMMIT)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+        self._claim = client.register_script(_CLAIM)
+        self._front = secrets.token_hex(8)
 
     @contextmanager
     def hold(self, conf_id: str) -> Iterator[None]:
@@ -327,8 +348,9 @@ class RedisStore:
             "issued": [[name, _encode_stream(s)] for name, s in changes.issued.items()],
             "revoked": sorted(changes.revoked),
         })
+        was_on = conf.gateway if lease.record is None else decode_conference(lease.record).gateway
         keys = [lease_key(conf.conf_id), conference_key(conf.conf_id), MEMBERS, STREAMS,
-                CONFERENCES, placed_key(conf.gateway)]
+                CONFERENCES, placed_key(conf.gateway), placed_key(was_on)]
         with _answering():
             refused = self._commit(keys=keys, args=[lease.owner, conf.conf_id, record, diff])
         if refused and refused[0] == "member":
@@ -362,6 +384,13 @@ class RedisStore:
     def conferences_on(self, gateway: str) -> set[str]:
         with _answering():
             return {str(c) for c in self.client.smembers(placed_key(gateway))}
+
+    def claim(self, name: str, ttl: float) -> bool:
+        """Take or keep ``wxmgw:reconcile:{name}`` for ``ttl`` s: True when this front
+        reconciles gateway ``name`` (one front at a time across the cluster)."""
+        with _answering():
+            got = self._claim(keys=[reconcile_key(name)], args=[self._front, int(ttl * 1000)])
+        return bool(got)
 
 
 def _encode_stream(stream: Stream) -> str:
