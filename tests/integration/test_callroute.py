@@ -121,6 +121,11 @@ class FrontProcess:
     def stop(self) -> int:
         return terminate(self.proc)
 
+    def events(self) -> list[dict[str, Any]]:
+        """The front's JSON log lines so far."""
+        text = self.log_path.read_text() if self.log_path.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
 
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
