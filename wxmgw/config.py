@@ -36,7 +36,7 @@ class Config:
     allow_from: str | list[str] = DEFAULT_ALLOW_FROM
     idle_timeout: float = 30.0
     thrift_max_connections: int = 1000
-    thrift_max_message: int = 1 << 20
+    thrift_max_message: int = 64 << 10
     # What one RTMP session (a pull or a push) may make the gateway hold: a
     # live server past a limit has its session ended and retried (RtmpLimits).
     rtmp_max_media_message: int = DEFAULT_LIMITS.max_media_message
@@ -157,7 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thrift-max-connections", type=int,
                         help="Thrift connections at once; one more closes the idlest (1000)")
     parser.add_argument("--thrift-max-message", type=int,
-                        help="bytes of one Thrift request; declaring more closes it (1 MiB)")
+                        help="bytes of one Thrift request; declaring more closes it (64 KiB)")
     parser.add_argument("--rtmp-max-backlog", type=float,
                         help="seconds behind live a pull's audio may be kept; a live server's "
                         "burst of older audio is dropped (0.1)")

@@ -55,7 +55,7 @@ class ThriftServer:
     def __init__(
         self, handler: WxMgwHandler, host: str, port: int, transport: str = "buffered", *,
         allow: AllowList, max_connections: int = 1000, idle_timeout: float = 30.0,
-        max_message: int = 1 << 20,
+        max_message: int = 64 << 10,
     ) -> None:
         self.processor = TProcessor(wxmgw_thrift.WxMgw, handler)
         self.transport_factory = TRANSPORTS[transport]()
