@@ -10,8 +10,9 @@ from typing import Any
 
 from wxmgw.access import DEFAULT_ALLOW_FROM, AllowList
 from wxmgw.errors import InvalidArgument
-from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.ports import parse_port_range
+from wxmgw.rtmp.chunk import DEFAULT_LIMITS, RtmpLimits
+from wxmgw.rtmp.client import tls_context
 from wxmgw.rtp.h264 import MAX_ACCESS_UNIT
 
 
@@ -104,7 +105,7 @@ class Config:
         if self.thrift_max_connections < 1 or self.thrift_max_message < 64:
             raise InvalidArgument("thrift-max-connections must be >= 1, thrift-max-message >= 64")
         self.allow()
-        self.rtmp_limits().tls_context()
+        tls_context(self.rtmp_limits())
         return self
 
     def rtmp_limits(self) -> RtmpLimits:

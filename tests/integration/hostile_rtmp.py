@@ -14,8 +14,8 @@ import struct
 
 import gevent
 
-from wxmgw.media import amf0
-from wxmgw.media.rtmp import (
+from wxmgw.rtmp import amf0
+from wxmgw.rtmp.chunk import (
     COMMAND_AMF0,
     SET_CHUNK_SIZE,
     VIDEO,

@@ -27,10 +27,10 @@ from thriftpy2.rpc import make_client
 from wxmgw_proc import GatewayProcess
 
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame
-from wxmgw.media.rtmp import RtmpLimits
 from wxmgw.media.rtmp_writer import RtmpWriter
 from wxmgw.nginx import NginxRtmp, free_port, rtmp_module_path
 from wxmgw.procs import terminate
+from wxmgw.rtmp.chunk import RtmpLimits
 
 STREAM_MODULE = rtmp_module_path().with_name("ngx_stream_module.so")
 

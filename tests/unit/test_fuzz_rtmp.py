@@ -17,8 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wxmgw.errors import ParseError
-from wxmgw.media import amf0, flv
-from wxmgw.media.rtmp import (
+from wxmgw.media.rtmp_reader import _FlvToFrames
+from wxmgw.rtmp import amf0, flv
+from wxmgw.rtmp.chunk import (
     AUDIO,
     COMMAND_AMF0,
     DATA_AMF0,
@@ -29,7 +30,8 @@ from wxmgw.media.rtmp import (
     Message,
     RtmpLimits,
 )
-from wxmgw.media.rtmp_reader import _FlvToFrames, _video_codec
+from wxmgw.rtmp.commands import Command
+from wxmgw.rtmp.flv import AacPacket, AvcPacket
 from wxmgw.rtp.h264 import NAL_IDR, AvcConfig, to_avcc
 
 pytestmark = pytest.mark.fuzz
@@ -178,7 +180,53 @@ def test_amf0_corrupted_encodings_only_raise_parse_error(
         amf0.decode(bytes(wire[:cut]), max_depth=SMALL.amf0_depth)
 
 
+@given(st.dictionaries(text, values, max_size=5))
+def test_amf0_ecma_arrays_stay_ecma_arrays(fields: dict[str, amf0.Value]) -> None:
+    wire = amf0.encode(amf0.EcmaArray(fields))
+    (decoded,) = amf0.decode(wire)
+    assert isinstance(decoded, amf0.EcmaArray) and decoded == fields
+    assert amf0.encode(decoded) == wire
+
+
+@given(text, st.floats(allow_nan=False), values, st.lists(values, max_size=3))
+def test_commands_read_back_as_written(
+    name: str, transaction: float, obj: amf0.Value, arguments: list[amf0.Value]
+) -> None:
+    command = Command(name, transaction, obj, tuple(arguments))
+    assert Command.parse(bytes(command)) == command
+
+
+@given(st.binary(max_size=500))
+def test_command_payloads_only_raise_parse_error(payload: bytes) -> None:
+    with contextlib.suppress(ParseError):
+        Command.parse(payload, max_depth=SMALL.amf0_depth)
+
+
 # -- FLV tag bodies ---------------------------------------------------------------------------
+
+
+@given(st.integers(0, 255), st.binary(max_size=100))
+def test_aac_packets_read_back_as_written(packet_type: int, data: bytes) -> None:
+    packet = AacPacket(packet_type, data)
+    assert AacPacket.parse(bytes(packet)) == packet
+
+
+@given(st.integers(0, 255), st.binary(max_size=100), st.booleans(),
+       st.integers(-(2**23), 2**23 - 1))
+def test_avc_packets_read_back_as_written(
+    packet_type: int, data: bytes, keyframe: bool, composition_time: int
+) -> None:
+    packet = AvcPacket(packet_type, data, keyframe, composition_time)
+    assert AvcPacket.parse(bytes(packet)) == packet
+
+
+@given(st.binary(max_size=20))
+def test_tag_bodies_parse_or_raise_parse_error(body: bytes) -> None:
+    for parse in (AacPacket.parse, AvcPacket.parse):
+        with contextlib.suppress(ParseError):
+            parse(body)
+    if body:
+        flv.audio_codec(body[0])
 
 
 @given(st.dictionaries(text, st.one_of(st.booleans(), st.floats(allow_nan=False)), max_size=8))
@@ -218,4 +266,4 @@ def test_video_tag_bodies_only_raise_parse_error(body: bytes) -> None:
     with contextlib.suppress(ParseError):
         reader.video(80, body, 0.08)  # a body as a sequence header, or after a broken one
     if body:
-        _video_codec(body[0])  # any first byte names a codec, or none
+        flv.video_codec(body[0])  # any first byte names a codec, or none

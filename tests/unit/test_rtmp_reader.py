@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 
 from wxmgw.errors import ParseError
-from wxmgw.media.flv import aac_frame, aac_sequence_header
 from wxmgw.media.frames import AudioFrame, VideoFrame
-from wxmgw.media.rtmp import AUDIO, VIDEO, Message
-from wxmgw.media.rtmp_reader import (
+from wxmgw.media.rtmp_reader import RtmpReader, _FlvToFrames
+from wxmgw.media.transcode import AudioEncoder
+from wxmgw.rtmp.chunk import AUDIO, VIDEO, Message
+from wxmgw.rtmp.flv import (
     MAX_PARAMETER_SET,
     ConfigRefused,
-    RtmpReader,
-    _FlvToFrames,
+    aac_frame,
+    aac_sequence_header,
     avc_config,
 )
-from wxmgw.media.transcode import AudioEncoder
 from wxmgw.rtp.h264 import AvcConfig, to_avcc
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -10,9 +10,9 @@ from typing import Any, ClassVar, Final
 
 from wxmgw.logs import event
 from wxmgw.media.endpoint import LatencyWindow
-from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.ports import PortAllocator, PortPair
 from wxmgw.pubsub import ChannelRegistry
+from wxmgw.rtmp.chunk import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.rtp.h264 import MAX_ACCESS_UNIT
 from wxmgw.rtp.session import LossRepair, RtpSession
 from wxmgw.supervise import RUNNING

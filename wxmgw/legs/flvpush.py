@@ -48,9 +48,9 @@ from wxmgw.media.frames import (
     Pcm,
     VideoFrame,
 )
-from wxmgw.media.rtmp import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.media.rtmp_writer import RtmpWriter
 from wxmgw.pubsub import Channel, Subscription
+from wxmgw.rtmp.chunk import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.supervise import Worker, worst
 
 #: Audio quiet this long past a slot's expected arrival is replaced by silence.

@@ -39,7 +39,7 @@ class RtmpStats:
     ``errors`` counts skipped corrupt packets and failed sessions;
     ``malformed`` the sessions ended by what the server sent (a
     :class:`~wxmgw.errors.ParseError`: garbage, or past the
-    :class:`~wxmgw.media.rtmp.RtmpLimits`); ``crashes`` the unexpected
+    :class:`~wxmgw.rtmp.chunk.RtmpLimits`); ``crashes`` the unexpected
     exceptions that restarted a worker; ``dropped`` the writes refused
     because the writer's queue was full. A reader also counts
     ``configs_refused``, the sequence headers outside what a mini-program

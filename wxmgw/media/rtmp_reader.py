@@ -1,9 +1,9 @@
 """RTMP pull on the gevent hub: FLV audio and video messages to frames.
 
-The session is :class:`~wxmgw.media.rtmp.RtmpClient`'s, in a greenlet: no
-thread per stream. The messages carry FLV tag bodies (FLV spec E.4.2, E.4.3):
-the AVC sequence header (avcC) and NAL units, the AAC AudioSpecificConfig
-and raw AAC frames; AAC is decoded by FFmpeg (PyAV).
+The session is :class:`~wxmgw.rtmp.client.RtmpClient`'s, in a greenlet: no
+thread per stream. The messages carry FLV tag bodies (FLV spec E.4.2, E.4.3,
+read by :mod:`wxmgw.rtmp.flv`): the AVC sequence header (avcC) and NAL units,
+the AAC AudioSpecificConfig and raw AAC frames; AAC is decoded by FFmpeg (PyAV).
 
 A reader stamps frames with ``ts`` on the gateway's monotonic clock: the FLV
 timeline kept at live by a :class:`~wxmgw.media.clock.LiveTimeline` (a live
@@ -27,16 +27,19 @@ from wxmgw.errors import MediaError, ParseError
 from wxmgw.media.clock import AudioFramer, ClockRules, LiveTimeline
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Pcm, VideoFrame
-from wxmgw.media.rtmp import (
-    AUDIO,
-    DEFAULT_LIMITS,
-    VIDEO,
-    Message,
-    RtmpClient,
-    RtmpError,
-    RtmpLimits,
-)
 from wxmgw.media.transcode import AudioDecoder, DroppedFrame
+from wxmgw.rtmp.chunk import AUDIO, DEFAULT_LIMITS, VIDEO, Message, RtmpLimits
+from wxmgw.rtmp.client import RtmpClient, RtmpError
+from wxmgw.rtmp.flv import (
+    END_OF_SEQUENCE,
+    SEQUENCE_HEADER,
+    AacPacket,
+    AvcPacket,
+    ConfigRefused,
+    audio_codec,
+    avc_config,
+    video_codec,
+)
 from wxmgw.rtp.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
 
 #: An audio timestamp later than the sample count by more than this is a gap.
@@ -44,32 +47,6 @@ AUDIO_GAP: Final = 0.2
 #: Media arriving this much later than its FLV timeline says (the timeline
 #: jumped back, the server stalled) re-anchors the timeline at its arrival.
 MAX_LAG: Final = 0.5
-#: FLV codec ids (E.4.2.1 SoundFormat, E.4.3.1 CodecID), named as FFmpeg names them.
-_AUDIO_CODECS: Final = {0: "pcm", 1: "adpcm_swf", 2: "mp3", 3: "pcm_s16le", 4: "nellymoser",
-                        5: "nellymoser", 6: "nellymoser", 7: "pcm_alaw", 8: "pcm_mulaw",
-                        10: "aac", 11: "speex", 14: "mp3"}
-_VIDEO_CODECS: Final = {2: "flv1", 3: "flashsv", 4: "vp6f", 5: "vp6a", 6: "flashsv2",
-                        7: "h264", 12: "hevc", 13: "av1"}
-_AAC: Final = 10
-_AVC: Final = 7
-#: Enhanced RTMP: the video tag's high bit announces a FourCC instead of a CodecID.
-_EX_HEADER: Final = 0x80
-_VIDEO_INFO_FRAME: Final = 5
-_SEQUENCE_HEADER: Final = 0
-_END_OF_SEQUENCE: Final = 2
-#: An SPS or PPS longer than this is refused. Encoders write a few dozen bytes
-#: (a few hundred with scaling lists and VUI); the bound keeps what is put in
-#: front of every keyframe small.
-MAX_PARAMETER_SET: Final = 1024
-#: The shortest parameter sets with their mandatory fields (H.264 §7.3.2.1.1, §7.3.2.2).
-_MIN_SPS: Final = 5
-_MIN_PPS: Final = 2
-
-
-class ConfigRefused(ParseError):
-    """A sequence header (AudioSpecificConfig, avcC) outside what a mini-program sends."""
-
-
 class RtmpReader(RtmpEndpoint):
     """Pulls one RTMP stream and hands out H.264 access units and 20 ms PCM frames.
 
@@ -210,7 +187,7 @@ class RtmpReader(RtmpEndpoint):
         kind, timestamp, payload = message.type_id, message.timestamp, message.payload
         try:
             if kind == VIDEO:
-                codec = _video_codec(payload[0])
+                codec = video_codec(payload[0])
                 if codec is None or not self._supported("video", codec):
                     return
                 video = flv.video(timestamp, payload, arrival)
@@ -218,7 +195,7 @@ class RtmpReader(RtmpEndpoint):
                     self.stats.frames += 1
                     self._on_video(video)
             else:
-                codec = _AUDIO_CODECS.get(payload[0] >> 4, f"soundformat {payload[0] >> 4}")
+                codec = audio_codec(payload[0])
                 if not self._supported("audio", codec):
                     return
                 for audio in flv.audio(timestamp, payload, arrival):
@@ -237,15 +214,6 @@ class RtmpReader(RtmpEndpoint):
         except (ParseError, MediaError) as e:
             self.stats.errors += 1
             self.stats.last_error = str(e)
-
-
-def _video_codec(first: int) -> str | None:
-    """The codec a video tag announces; None for a tag that carries no picture."""
-    if first & _EX_HEADER:
-        return "enhanced rtmp"  # a FourCC codec (HEVC, AV1, VP9): not H.264 as FLV carries it
-    if first >> 4 == _VIDEO_INFO_FRAME:
-        return None
-    return _VIDEO_CODECS.get(first & 0x0F, f"codec id {first & 0x0F}")
 
 
 class _FlvToFrames:
@@ -271,39 +239,35 @@ class _FlvToFrames:
 
     def video(self, dts_ms: int, body: bytes, arrival: float) -> VideoFrame | None:
         """An AVC tag body (E.4.3.1 AVCVIDEOPACKET): a frame, or None for a header or an end."""
-        if len(body) < 5:
-            raise ParseError(f"AVC tag of {len(body)} bytes")
-        packet_type = body[1]
-        if packet_type == _SEQUENCE_HEADER:
+        packet = AvcPacket.parse(body)
+        if packet.packet_type == SEQUENCE_HEADER:
             self._avc = None
             self._refused["video"] = True
-            self._avc = avc_config(body[5:])
+            self._avc = avc_config(packet.data)
             self._refused["video"] = False
             return None
-        if packet_type == _END_OF_SEQUENCE:
+        if packet.packet_type == END_OF_SEQUENCE:
             return None
         if self._avc is None:
             if self._refused["video"]:
                 return None
             raise ParseError("H.264 frame before its sequence header")
-        cts = int.from_bytes(body[2:5], "big", signed=True)
-        nalus = split_avcc(body[5:], self._avc.length_size)
+        nalus = split_avcc(packet.data, self._avc.length_size)
         types = {nal_type(n) for n in nalus}
         keyframe = NAL_IDR in types
         if keyframe and not {NAL_SPS, NAL_PPS} <= types:
             nalus = [*self._avc.sps, *self._avc.pps, *nalus]
-        ts = self.timeline.stamp(dts_ms, arrival) + cts / 1000
+        ts = self.timeline.stamp(dts_ms, arrival) + packet.composition_time / 1000
         return VideoFrame(nalus, ts, keyframe) if nalus else None
 
     def audio(self, ms: int, body: bytes, arrival: float) -> list[AudioFrame]:
         """An AAC tag body (E.4.2.1 AACAUDIODATA): the 20 ms frames it completes."""
-        if len(body) < 2:
-            raise ParseError(f"AAC tag of {len(body)} bytes")
-        if body[1] == _SEQUENCE_HEADER:
+        packet = AacPacket.parse(body)
+        if packet.packet_type == SEQUENCE_HEADER:
             self._decoder = None
             self._refused["audio"] = True
             try:
-                self._decoder = AudioDecoder("AAC", extradata=body[2:], out_rate=self._rate)
+                self._decoder = AudioDecoder("AAC", extradata=packet.data, out_rate=self._rate)
             except (ParseError, MediaError) as e:
                 raise ConfigRefused(f"AudioSpecificConfig refused: {e}") from e
             self._refused["audio"] = False
@@ -313,28 +277,5 @@ class _FlvToFrames:
                 return []
             raise ParseError("AAC frame before its AudioSpecificConfig")
         ts = self.timeline.stamp(ms, arrival)
-        pcm: Pcm = self._decoder.decode(body[2:])
+        pcm: Pcm = self._decoder.decode(packet.data)
         return self._framer.push(pcm, ts)
-
-
-
-def avc_config(record: bytes) -> AvcConfig:
-    """The avcC of an AVC sequence header, if its parameter sets are sane; else ConfigRefused.
-
-    At least one SPS and one PPS, each of a plausible size, with
-    forbidden_zero_bit clear, a non-zero nal_ref_idc and its own
-    nal_unit_type (H.264 §7.4.1).
-    """
-    try:
-        avc = AvcConfig.parse(record)
-    except ParseError as e:
-        raise ConfigRefused(f"avcC refused: {e}") from e
-    if not avc.sps or not avc.pps:
-        raise ConfigRefused(f"avcC refused: {len(avc.sps)} SPS, {len(avc.pps)} PPS")
-    for sets, nal, least in ((avc.sps, NAL_SPS, _MIN_SPS), (avc.pps, NAL_PPS, _MIN_PPS)):
-        for nalu in sets:
-            if not least <= len(nalu) <= MAX_PARAMETER_SET:
-                raise ConfigRefused(f"avcC refused: a parameter set of {len(nalu)} bytes")
-            if nalu[0] & 0x80 or not nalu[0] & 0x60 or nal_type(nalu) != nal:
-                raise ConfigRefused(f"avcC refused: NAL header {nalu[0]:#04x} among type {nal}")
-    return avc

@@ -1,6 +1,6 @@
 """RTMP push on the gevent hub: H.264 and AAC as FLV tags, published by our RTMP client.
 
-The FLV tag bodies are made by :mod:`wxmgw.media.flv`, not by FFmpeg's FLV
+The FLV tag bodies are made by :mod:`wxmgw.rtmp.flv`, not by FFmpeg's FLV
 muxer: that muxer fixes a publication's streams and sequence headers at its
 header, so adding, switching or removing video would end the publication,
 and players stop at its end (nginx-rtmp sends them StreamEOF). Written by
@@ -9,7 +9,7 @@ before its first keyframe, and removing video is just sending no more video
 tags.
 
 Each tag goes out as one RTMP message through
-:class:`~wxmgw.media.rtmp.RtmpClient`, from the writer's greenlet: no thread,
+:class:`~wxmgw.rtmp.client.RtmpClient`, from the writer's greenlet: no thread,
 and a live server that accepts TCP but stops reading is timed out like any
 other (every send is bounded). AAC is encoded by FFmpeg (PyAV).
 """
@@ -25,20 +25,13 @@ import av.error
 import gevent.event
 
 from wxmgw.errors import MediaError, ParseError
-from wxmgw.media import amf0, flv
 from wxmgw.media.clock import ClockRules, SampleClock
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint, RtmpStats
 from wxmgw.media.frames import AUDIO_RATE, AudioFrame, Pcm, VideoFrame
-from wxmgw.media.rtmp import (
-    AUDIO,
-    DATA_AMF0,
-    DEFAULT_LIMITS,
-    VIDEO,
-    RtmpClient,
-    RtmpError,
-    RtmpLimits,
-)
 from wxmgw.media.transcode import AudioEncoder
+from wxmgw.rtmp import amf0, flv
+from wxmgw.rtmp.chunk import AUDIO, DATA_AMF0, DEFAULT_LIMITS, VIDEO, RtmpLimits
+from wxmgw.rtmp.client import RtmpClient, RtmpError
 from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, to_avcc
 from wxmgw.supervise import CrashReport, Worker
 

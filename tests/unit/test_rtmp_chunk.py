@@ -1,17 +1,14 @@
-"""RTMP wire pieces: AMF0, the chunk stream both ways, URLs, the AAC config parser."""
+"""The RTMP chunk stream both ways, and the limits that bound it."""
 
 from __future__ import annotations
 
-import contextlib
-import random
 from typing import Any
 
 import pytest
 
 from wxmgw.config import Config
 from wxmgw.errors import InvalidArgument, ParseError
-from wxmgw.media import amf0
-from wxmgw.media.rtmp import (
+from wxmgw.rtmp.chunk import (
     ABORT,
     AUDIO,
     COMMAND_AMF0,
@@ -22,32 +19,7 @@ from wxmgw.media.rtmp import (
     ChunkWriter,
     Message,
     RtmpLimits,
-    RtmpUrl,
 )
-
-
-def test_amf0_round_trip() -> None:
-    values: list[amf0.Value] = [
-        "connect", 1.0, None, True, {"app": "live", "n": 2.0, "o": {"x": [1.0, "y"]}}, "é" * 3
-    ]
-    assert amf0.decode(amf0.encode(*values)) == values
-
-
-def test_amf0_ecma_array_and_date() -> None:
-    data = bytes([0x08, 0, 0, 0, 1, 0, 1]) + b"k" + amf0.encode(3.0) + b"\x00\x00\x09"
-    data += bytes([0x0B]) + amf0.encode(5.0)[1:] + b"\x00\x00"
-    assert amf0.decode(data) == [{"k": 3.0}, 5.0]
-
-
-def test_amf0_garbage_raises_only_parse_error() -> None:
-    rng = random.Random(7)
-    good = amf0.encode("onStatus", 0.0, None, {"level": "status", "code": "NetStream.Play.Start"})
-    for _ in range(2000):
-        data = bytearray(good)
-        for _ in range(rng.randint(1, 4)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        with contextlib.suppress(ParseError):
-            amf0.decode(bytes(data[: rng.randint(0, len(data))]))
 
 
 @pytest.mark.parametrize("chunk_size", [128, 4096, 7])
@@ -92,53 +64,7 @@ def test_chunk_stream_starting_without_type0_is_a_parse_error() -> None:
         ChunkReader().feed(bytes([0x44]) + bytes(7))
 
 
-@pytest.mark.parametrize(("url", "app", "stream", "port"), [
-    ("rtmp://127.0.0.1:1936/live/cam", "live", "cam", 1936),
-    ("rtmp://h/live/cam?token=a/b", "live", "cam?token=a/b", 1935),
-    ("rtmp://h/app/inst/cam", "app/inst", "cam", 1935),
-    ("rtmps://h/live/cam?txSecret=s&txTime=5F", "live", "cam?txSecret=s&txTime=5F", 443),
-    ("rtmps://h:8443/live/cam", "live", "cam", 8443),
-])
-def test_url_split_like_ffmpeg(url: str, app: str, stream: str, port: int) -> None:
-    parsed = RtmpUrl.parse(url)
-    assert (parsed.app, parsed.stream, parsed.port) == (app, stream, port)
-    scheme = url.split(":")[0]
-    assert parsed.tls == (scheme == "rtmps")
-    assert parsed.tc_url == f"{scheme}://{parsed.host}:{port}/{app}"  # no query: FFmpeg's
-
-
-@pytest.mark.parametrize("url", ["http://h/live/x", "rtmp://h/live", "rtmp:///live/x"])
-def test_bad_urls(url: str) -> None:
-    with pytest.raises(ParseError):
-        RtmpUrl.parse(url)
-
-
 # -- hostile input: every limit is a ParseError (issue #12, findings 2 and 3) -------------------
-
-
-def _nested(depth: int) -> bytes:
-    """``depth`` objects, each the value of the one around it, then a number."""
-    opening = (bytes([0x03]) + b"\x00\x01k") * depth
-    return opening + amf0.encode(1.0) + b"\x00\x00\x09" * depth
-
-
-def test_amf0_nesting_past_the_depth_limit_is_a_parse_error() -> None:
-    assert amf0.decode(_nested(amf0.MAX_DEPTH))
-    with pytest.raises(ParseError, match="nested too deep"):
-        amf0.decode(_nested(amf0.MAX_DEPTH + 1))
-    with pytest.raises(ParseError):  # was RecursionError
-        amf0.decode(_nested(100_000))
-    deep_arrays = (bytes([0x0A]) + (1).to_bytes(4, "big")) * 100_000 + bytes([0x05])
-    with pytest.raises(ParseError):
-        amf0.decode(deep_arrays)
-    assert amf0.decode(_nested(3), max_depth=3)
-    with pytest.raises(ParseError):
-        amf0.decode(_nested(3), max_depth=2)
-
-
-def test_amf0_depth_counts_nesting_not_siblings() -> None:
-    siblings = amf0.encode([{"a": 1.0}] * 1000, {"o": {"p": None}})
-    assert len(amf0.decode(siblings, max_depth=2)[0]) == 1000  # type: ignore[arg-type]
 
 
 def _basic(fmt: int, csid: int) -> bytes:

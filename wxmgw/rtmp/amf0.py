@@ -6,8 +6,12 @@ from the network raises only :class:`~wxmgw.errors.ParseError`, also for
 objects and arrays nested deeper than ``max_depth`` (the specification sets
 no limit; a server's nesting would otherwise reach Python's recursion limit).
 How large a command may be is the chunk stream's to bound
-(:class:`~wxmgw.media.rtmp.RtmpLimits`): decoding takes time and memory in
+(:class:`~wxmgw.rtmp.chunk.RtmpLimits`): decoding takes time and memory in
 proportion to its input.
+
+A ``dict`` is encoded as an object; an :class:`EcmaArray` (what an ECMA
+array decodes to) as an ECMA array, as ``onMetaData`` carries its fields
+(FLV spec E.5). The only AMF0 encoder of the gateway.
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ from typing import Final
 from wxmgw.errors import ParseError
 
 Value = float | bool | str | None | dict[str, "Value"] | list["Value"]
+
+
+class EcmaArray(dict[str, Value]):
+    """An associative array (AMF0 §2.10): encoded with its count, unlike an object."""
+
 
 _NUMBER: Final = 0x00
 _BOOLEAN: Final = 0x01
@@ -54,7 +63,10 @@ def _encode(value: Value) -> bytes:
         return bytes([_STRING]) + _short_string(value)
     if isinstance(value, dict):
         body = b"".join(_short_string(k) + _encode(v) for k, v in value.items())
-        return bytes([_OBJECT]) + body + b"\x00\x00" + bytes([_OBJECT_END])
+        body += b"\x00\x00" + bytes([_OBJECT_END])
+        if isinstance(value, EcmaArray):
+            return bytes([_ECMA_ARRAY]) + struct.pack(">I", len(value)) + body
+        return bytes([_OBJECT]) + body
     return bytes([_STRICT_ARRAY]) + struct.pack(">I", len(value)) + encode(*value)
 
 
@@ -100,9 +112,8 @@ class _Reader:
             raise ParseError(f"AMF0 values nested too deep at byte {self.pos}")
         self.depth -= 1
 
-    def properties(self) -> dict[str, Value]:
+    def properties(self, out: dict[str, Value]) -> dict[str, Value]:
         self.nest()
-        out: dict[str, Value] = {}
         while True:
             key = self.string()
             if not key and self.data[self.pos : self.pos + 1] == bytes([_OBJECT_END]):
@@ -131,10 +142,10 @@ class _Reader:
         if marker in (_NULL, _UNDEFINED):
             return None
         if marker == _OBJECT:
-            return self.properties()
+            return self.properties({})
         if marker == _ECMA_ARRAY:
             self.take(4)  # an approximate count; the end marker is what counts
-            return self.properties()
+            return self.properties(EcmaArray())
         if marker == _STRICT_ARRAY:
             return self.array()
         if marker == _DATE:

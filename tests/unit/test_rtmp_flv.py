@@ -1,4 +1,4 @@
-"""FLV tag bodies: files made of wxmgw.media.flv's bodies are read back by ffprobe and ffmpeg.
+"""FLV tag bodies: files made of wxmgw.rtmp.flv's bodies are read back by ffprobe and ffmpeg.
 
 The independent checks: ffprobe lists the packets (types, timestamps, codecs,
 picture sizes) and ffmpeg decodes every video frame and the AAC audio of a
@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from wxmgw.errors import ParseError
-from wxmgw.media import flv
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE
 from wxmgw.media.transcode import AudioEncoder
+from wxmgw.rtmp import flv
 from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_annexb, to_avcc
 
 # --- FLV file framing: how these tests put our tag bodies in a file (E.2, E.3, E.4.1) ---
