@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -151,3 +153,12 @@ def test_config_carries_the_rtmp_limits() -> None:
     assert config.rtmp_limits() == RtmpLimits(max_media_message=1 << 20, amf0_depth=8)
     with pytest.raises(InvalidArgument):
         Config(rtmp_max_media_message=16 << 20).check()
+
+
+def test_the_wire_modules_pull_in_no_io() -> None:
+    """chunk, amf0, commands, flv and url are pure: importing them brings no sockets or gevent."""
+    code = ("import sys, wxmgw.rtmp.chunk, wxmgw.rtmp.amf0, wxmgw.rtmp.commands, wxmgw.rtmp.flv,"
+            " wxmgw.rtmp.url; print(sorted(m for m in ('gevent', 'av', 'socket', 'ssl', 'logging')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
