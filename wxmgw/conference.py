@@ -58,6 +58,8 @@ class Registry:
     def __init__(self, ctx: LegContext, journal: Journal | None = None) -> None:
         self.ctx = ctx
         self.journal = journal
+        #: Journaled legs that could not start again, for /monitor/state.
+        self.restore_failed: list[dict[str, Any]] = []
         self.rtmp2rtp: dict[str, Rtmp2rtp] = {}
         self.rtp2rtmp: dict[str, Rtp2rtmp] = {}
         self.rooms: dict[str, Room] = {}
@@ -204,8 +206,12 @@ class Registry:
         except Exception as e:  # nothing a journal holds may keep the gateway from starting
             p = entry.params
             code = e.code if isinstance(e, WxmgwError) else Code.INTERNAL
-            event(logger, "leg_restore_failed", logging.ERROR, confId=p.conf_id, uuid=p.uuid,
-                  ports=entry.ports, code=int(code), error=f"{type(e).__name__}: {e}")
+            failure: dict[str, Any] = {
+                "confId": p.conf_id, "uuid": p.uuid, "ports": entry.ports, "code": int(code),
+                "error": f"{type(e).__name__}: {e}",
+            }
+            self.restore_failed.append(failure)
+            event(logger, "leg_restore_failed", logging.ERROR, **failure)
             return False
         return True
 
@@ -248,6 +254,7 @@ class Registry:
                 for r in self.rooms.values()
             ],
             "ports": {"inUse": self.ctx.ports.in_use, "capacity": self.ctx.ports.capacity},
+            "restoreFailed": self.restore_failed,
             "load": {"legs": len(self.rtmp2rtp) + len(self.rtp2rtmp)},
         }
 

@@ -87,6 +87,9 @@ def test_a_port_taken_meanwhile_fails_that_leg_only(allocator, tmp_path):
         second.restore()
         try:
             assert "mp1" in second.rtmp2rtp and "m1" not in second.rtp2rtmp
+            failed = second.snapshot()["restoreFailed"]
+            assert [(f["uuid"], f["ports"], f["code"]) for f in failed] == [
+                ("m1", [audio, video], 503)]
             assert video not in allocator.in_use and audio not in allocator.in_use
         finally:
             second.stop_all()
