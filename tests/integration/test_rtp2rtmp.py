@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import thriftpy2
 from conftest import ffmpeg_publish_args
-from media_checks import dominant_hz, wait_for
+from media_checks import dominant_hz, play_audio, wait_for
 from thriftpy2.rpc import make_client
 from wxmgw_proc import ROOT, GatewayProcess, free_port
 
@@ -343,6 +343,25 @@ def test_lost_keyframes_without_retransmission_recover_by_keyframe_request(
     tail = [t for t in times if t >= times[-1] - 2.0]
     assert len(times) >= 2 * FPS and len(tail) >= 0.9 * 2.0 * FPS, (len(times), len(tail), video)
     assert len(pcm) >= 0.9 * AUDIO_RATE * 6.0
+
+
+def test_a_silent_member_s_push_plays_silence_from_the_start(live, gateway, mcs, tmp_path):
+    """A member whose MAS sends nothing yet: its pushUrl is published at once and a
+    player gets continuous silence (video joins at its first keyframe)."""
+    uuid = "m-silent"
+    url = live.rtmp_url(uuid)
+    r = start_push(mcs, uuid, url, "PCMA")
+    assert r.code == 0, r.message
+    started = time.monotonic()
+    try:
+        wait_for(lambda: live.is_publishing(uuid), what="publication with no media from the MAS")
+        published = time.monotonic() - started
+        pcm = play_audio(url, 2.0, tmp_path / "silent.pcm")
+    finally:
+        assert stop_push(mcs, uuid).code == 0
+    assert len(pcm) >= 0.9 * AUDIO_RATE * 2.0
+    assert np.abs(pcm.astype(np.int32)).max() < 300
+    print(f"published {published:.2f} s after StartPush with no RTP")
 
 
 def bindable(port: int) -> bool:
