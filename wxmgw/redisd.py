@@ -11,34 +11,32 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
 from wxmgw.errors import WxmgwError
 from wxmgw.nginx import free_port
-from wxmgw.procs import terminate
+from wxmgw.procs import ChildServer
 
 
 class RedisError(WxmgwError):
     """redis-server could not be started or reached."""
 
 
-class RedisServer:
-    """One redis-server on 127.0.0.1; a context manager."""
+class RedisServer(ChildServer):
+    """One redis-server on 127.0.0.1; a context manager (:class:`~wxmgw.procs.ChildServer`)."""
 
     def __init__(self, workdir: Path, *, port: int | None = None,
                  start_timeout: float = 10.0) -> None:
         self.workdir = workdir.resolve()
         self.port = port or free_port()
         self.start_timeout = start_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.workdir), "--appendonly", "yes", "--save", "",
@@ -51,31 +49,11 @@ class RedisServer:
             while True:
                 try:
                     client.ping()
-                    return self
+                    return
                 except redis.RedisError:
-                    if self._proc.poll() is not None or time.monotonic() > deadline:
+                    if not self.running or time.monotonic() > deadline:
                         self.stop()
                         raise RedisError(f"redis-server did not start on {self.port}") from None
                     time.sleep(0.02)
         finally:
             client.close()
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            terminate(self._proc)
-            self._proc = None
-
-    def restart(self) -> None:
-        """Kill it and start it again on the same port with its data (append-only file)."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        self.start()
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

@@ -6,9 +6,12 @@ recorded), never the gateway's own code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,44 @@ from wxmgw.nginx import NginxRtmp
 from wxmgw.nms import NodeMediaServer
 
 WAIT = 20.0
+
+
+class UdpSink:
+    """Plays a MAS that only listens: four UDP ports (audio and video RTP, each with its
+    RTCP on the next port), counting what reaches each RTP port and when it last did.
+
+    Its readers are threads: greenlets under the tests' monkey-patching, real
+    threads in the benchmarks.
+    """
+
+    def __init__(self) -> None:
+        from wxmgw_proc import free_port_range
+
+        lo, _ = free_port_range(4)
+        self.audio, self.video = lo, lo + 2
+        self.counts = {"audio": 0, "video": 0}
+        self.last = {"audio": 0.0, "video": 0.0}
+        self.socks: list[socket.socket] = []
+        for port in range(lo, lo + 4):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", port))
+            self.socks.append(s)
+        for kind, sock in (("audio", self.socks[0]), ("video", self.socks[2])):
+            threading.Thread(target=self._read, args=(kind, sock), daemon=True).start()
+
+    def port(self, kind: str) -> int:
+        return self.audio if kind == "audio" else self.video
+
+    def _read(self, kind: str, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                sock.recv(65536)
+                self.counts[kind] += 1
+                self.last[kind] = time.monotonic()
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
 
 
 def signal_live(live: NginxRtmp | NodeMediaServer, sig: signal.Signals) -> None:

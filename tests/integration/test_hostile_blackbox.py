@@ -18,7 +18,6 @@ import resource
 import socket
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +27,9 @@ import gevent
 import pytest
 from conftest import ffmpeg_publish_args
 from hostile_rtmp import HostileRtmpServer
-from media_checks import wait_for
+from media_checks import UdpSink, wait_for
 from test_thrift_limits import client, push_req, rss_kb
-from wxmgw_proc import GatewayProcess, free_port_range
+from wxmgw_proc import GatewayProcess
 
 from wxmgw.nginx import NginxRtmp
 from wxmgw.thrift import wxmgw_thrift as t
@@ -40,38 +39,13 @@ ATTACK_SECONDS = 6.0
 IDLE = 1000
 
 
-class Sink:
-    """Four UDP ports (audio and video, RTP and RTCP) counting what reaches the video port."""
-
-    def __init__(self) -> None:
-        lo, _ = free_port_range(4)
-        self.audio, self.video = lo, lo + 2
-        self.video_packets = 0
-        self.socks = []
-        for port in range(lo, lo + 4):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", port))
-            self.socks.append(s)
-        threading.Thread(target=self._count, daemon=True).start()
-
-    def _count(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                self.socks[2].recv(65536)
-                self.video_packets += 1
-
-    def close(self) -> None:
-        for s in self.socks:
-            s.close()
-
-
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[NginxRtmp]:
     with NginxRtmp(tmp_path / "nginx") as server:
         yield server
 
 
-def pull_req(uuid: str, url: str, sink: Sink) -> Any:
+def pull_req(uuid: str, url: str, sink: UdpSink) -> Any:
     return t.StartPullReq(
         uuid=uuid, pullUrl=url, ssrc=7, masIp="127.0.0.1", audioPort=sink.audio,
         videoPort=sink.video, audioPayloadType=8, audioCodec="PCMA", videoPayloadType=96,
@@ -115,7 +89,7 @@ def test_everything_hostile_at_once_leaves_the_legs_flowing(
     if soft < IDLE + 300:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * IDLE), hard))
     gw = GatewayProcess(tmp_path, rtp_ports=20)
-    sink, hostile = Sink(), [HostileRtmpServer("nested"), HostileRtmpServer("chunk_streams")]
+    sink, hostile = UdpSink(), [HostileRtmpServer("nested"), HostileRtmpServer("chunk_streams")]
     idle: list[socket.socket] = []
     try:
         procs.append(subprocess.Popen(ffmpeg_publish_args(nginx.rtmp_url("cam"), seconds=60),
@@ -126,11 +100,11 @@ def test_everything_hostile_at_once_leaves_the_legs_flowing(
         push = mcs.StartPush(push_req("member"))
         assert push.code == 0
         for i, server in enumerate(hostile):
-            assert mcs.StartPull(pull_req(f"evil-{i}", server.url(), Sink())).code == 0
-        wait_for(lambda: sink.video_packets > 50, what="the good pull flowing")
+            assert mcs.StartPull(pull_req(f"evil-{i}", server.url(), UdpSink())).code == 0
+        wait_for(lambda: sink.counts["video"] > 50, what="the good pull flowing")
         time.sleep(2.0)  # the process at its working size
         before = rss_kb(gw.proc.pid)
-        flowing = sink.video_packets
+        flowing = sink.counts["video"]
 
         ports = [p + d for leg in gw.state()["legs"] for p in leg["ports"] for d in (0, 1)]
         until = time.monotonic() + ATTACK_SECONDS
@@ -144,7 +118,7 @@ def test_everything_hostile_at_once_leaves_the_legs_flowing(
         gevent.joinall(attackers)
         assert r.code == 0, r.message
         assert gw.proc.poll() is None, "the gateway died"
-        assert sink.video_packets > flowing + 50, "the good pull stopped flowing"
+        assert sink.counts["video"] > flowing + 50, "the good pull stopped flowing"
         grown = rss_kb(gw.proc.pid) - before
         assert grown < RSS_GROWTH_LIMIT_KB, f"RSS grew by {grown} kB"
         legs = {leg["uuid"]: leg for leg in gw.state()["legs"]}
@@ -158,9 +132,9 @@ def test_everything_hostile_at_once_leaves_the_legs_flowing(
         mcs = client(gw)
         assert mcs.StopPush(t.StopPushReq(uuid="mcs-during", confId="limits")).code == 0
         mcs.close()
-        assert gw.proc.poll() is None and sink.video_packets > flowing + 100
+        assert gw.proc.poll() is None and sink.counts["video"] > flowing + 100
         print(f"after {ATTACK_SECONDS:.0f} s of attack: RSS +{grown} kB, "
-              f"{sink.video_packets - flowing} video packets through; "
+              f"{sink.counts['video'] - flowing} video packets through; "
               f"{IDLE} idle connections: +{rss_kb(gw.proc.pid) - held} kB")
     finally:
         for s in idle:

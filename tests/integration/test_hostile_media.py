@@ -12,18 +12,16 @@ video goes on reaching the MAS.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gevent
 import pytest
 import thriftpy2
-from media_checks import wait_for
+from media_checks import UdpSink, wait_for
 from thriftpy2.rpc import make_client
-from wxmgw_proc import ROOT, GatewayProcess, free_port_range
+from wxmgw_proc import ROOT, GatewayProcess
 
 from wxmgw.nginx import NginxRtmp
 
@@ -55,33 +53,6 @@ def with_hostile_frames(data: bytes, every: int, skip: int) -> tuple[bytes, int]
         out += header[:1] + size.to_bytes(3, "big") + header[4:] + body
         out += (11 + size).to_bytes(4, "big")
     return bytes(out), replaced
-
-
-class UdpSink:
-    """Plays the MAS: counts the RTP a leg sends to each of its two ports."""
-
-    def __init__(self) -> None:
-        lo, _ = free_port_range(4)
-        self.counts = {"audio": 0, "video": 0}
-        self.socks = {}
-        for kind, port in (("audio", lo), ("video", lo + 2)):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind(("127.0.0.1", port))
-            self.socks[kind] = sock
-        self._readers = [gevent.spawn(self._read, kind) for kind in self.socks]
-
-    def port(self, kind: str) -> int:
-        return int(self.socks[kind].getsockname()[1])
-
-    def _read(self, kind: str) -> None:
-        while True:
-            self.socks[kind].recv(65536)
-            self.counts[kind] += 1
-
-    def close(self) -> None:
-        gevent.killall(self._readers)
-        for sock in self.socks.values():
-            sock.close()
 
 
 @pytest.fixture

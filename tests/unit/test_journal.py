@@ -56,15 +56,12 @@ def test_a_restarted_registry_runs_the_same_legs_on_the_same_ports(allocator, tm
     first.start_push(replace(PUSH, req_uuid="mp2"))
     first.av_sync(rq.AvSync("mp1", "c1", "m1"))
     pull_ports = first.rtmp2rtp["mp1"].ports
-    # A crash: the process is gone, its sockets with it (here: released by hand).
-    for pair in list(allocator._in_use.values()):
-        allocator.release(pair)
-    first.rtmp2rtp.clear()
-    first.rtp2rtmp.clear()
+    first.stop_all()  # as a graceful stop (or a crash) leaves it: the journal kept
 
     second = registry(allocator, tmp_path)
     second.restore()
     try:
+        assert not second.restore_failed, second.restore_failed
         assert second.rtmp2rtp["mp1"].ports == pull_ports
         assert second.rtp2rtmp["m1"].rtp_ports == ports
         assert second.rtp2rtmp["m1"].requesters == {"mp1", "mp2"}
@@ -79,8 +76,7 @@ def test_a_port_taken_meanwhile_fails_that_leg_only(allocator, tmp_path):
     first = registry(allocator, tmp_path)
     first.start_pull(PULL)
     audio, video = first.start_push(PUSH)
-    for pair in list(allocator._in_use.values()):
-        allocator.release(pair)
+    first.stop_all()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", video))
         second = registry(allocator, tmp_path)
