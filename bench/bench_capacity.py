@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from common import (  # noqa: E402
     LIVE_FPS,
+    PCMA_RATE,
     CountPlayer,
     MasPeer,
     PortRanges,
@@ -83,7 +84,6 @@ from wxmgw_proc import GatewayProcess  # noqa: E402
 from wxmgw.nginx import NginxRtmp  # noqa: E402
 
 FPS = LIVE_FPS
-PCMA_RATE = 8000
 
 
 # -- one side of one N -----------------------------------------------------------------------

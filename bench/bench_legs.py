@@ -62,12 +62,14 @@ import bench_capacity  # noqa: E402
 from common import (  # noqa: E402
     AUDIO_PT,
     LIVE_FPS,
+    PCMA_RATE,
     VIDEO_PT,
     CountPlayer,
     MasPeer,
     MemberSender,
     PortRanges,
     cpu_times,
+    fmt,
     kill_all,
     legs_latency,
     make_live_clip,
@@ -85,7 +87,6 @@ from wxmgw_proc import GatewayProcess  # noqa: E402
 from wxmgw.nginx import NginxRtmp  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "legs.json"
-PCMA_RATE = 8000
 
 
 @dataclass
@@ -299,15 +300,11 @@ PUBLISHED = {"rtmp2rtp", "twoway"}
 # -- output -----------------------------------------------------------------------------------
 
 
-def cell(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def print_row(r: Result, ratio: float | None) -> None:
     print(f"{r.kind:>8} {r.n:>3} {r.run:>3} {r.who:>6} {r.user_pct:>6.3f} {r.system_pct:>6.3f} "
-          f"{r.pct:>6.3f} {cell(ratio, '.2f'):>5} {r.rss_mb_per_leg:>7.1f} "
-          f"{cell(r.rtp_continuity, '.1%'):>6} {cell(r.rtmp_continuity, '.1%'):>6} "
-          f"{r.load1:>5.1f} {cell(r.thrift_p99_ms, '.1f'):>6} {r.added_ms:>19} {r.notes}",
+          f"{r.pct:>6.3f} {fmt(ratio, '.2f'):>5} {r.rss_mb_per_leg:>7.1f} "
+          f"{fmt(r.rtp_continuity, '.1%'):>6} {fmt(r.rtmp_continuity, '.1%'):>6} "
+          f"{r.load1:>5.1f} {fmt(r.thrift_p99_ms, '.1f'):>6} {r.added_ms:>19} {r.notes}",
           flush=True)
 
 

@@ -307,7 +307,8 @@ class MemberClip:
     audio: list[bytes]
 
 
-PCMA_PACKET = 160  # 20 ms at 8 kHz
+PCMA_RATE = 8000
+PCMA_PACKET = PCMA_RATE // 50  # 20 ms
 AUDIO_PT, VIDEO_PT = 8, 96
 
 
