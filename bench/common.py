@@ -315,7 +315,8 @@ AUDIO_PT, VIDEO_PT = 8, 96
 def make_member_clip() -> MemberClip:
     """A MAS member's stream, encoded once: :data:`LIVE_VIDEO` H.264 640x360 (SPS/PPS in
     band, FU-A of at most 1200 bytes) and PCMA 8 kHz, :data:`LIVE_CLIP_SECONDS` long."""
-    from wxmgw.rtp.h264 import NAL_AUD, H264Packetizer, nal_type, split_annexb
+    from wxmgw.codecs.h264 import NAL_AUD, nal_type, split_annexb
+    from wxmgw.rtp.h264 import H264Packetizer
 
     seconds = str(LIVE_CLIP_SECONDS)
     annexb = subprocess.run([

@@ -18,11 +18,11 @@ import pytest
 from conftest import Publish
 from media_checks import signal_live
 
+from wxmgw.codecs.h264 import NAL_PPS, NAL_SPS, nal_type, split_annexb
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Pcm, VideoFrame
 from wxmgw.media.rtmp_reader import RtmpReader
 from wxmgw.media.rtmp_writer import RtmpWriter
 from wxmgw.nginx import NginxRtmp
-from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, nal_type, split_annexb
 
 WAIT = 20.0
 

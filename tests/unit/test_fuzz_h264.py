@@ -11,20 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wxmgw.codecs.h264 import AvcConfig, nal_type, split_annexb, split_avcc, to_annexb, to_avcc
 from wxmgw.errors import ParseError
-from wxmgw.rtp.h264 import (
-    NAL_FU_A,
-    NAL_STAP_A,
-    AccessUnit,
-    AvcConfig,
-    H264Depacketizer,
-    H264Packetizer,
-    nal_type,
-    split_annexb,
-    split_avcc,
-    to_annexb,
-    to_avcc,
-)
+from wxmgw.rtp.h264 import NAL_FU_A, NAL_STAP_A, AccessUnit, H264Depacketizer, H264Packetizer
 
 pytestmark = pytest.mark.fuzz
 

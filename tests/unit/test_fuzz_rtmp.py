@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wxmgw.codecs.h264 import NAL_IDR, AvcConfig, to_avcc
 from wxmgw.errors import ParseError
 from wxmgw.media.rtmp_reader import _FlvToFrames
 from wxmgw.rtmp import amf0, flv
@@ -32,7 +33,6 @@ from wxmgw.rtmp.chunk import (
 )
 from wxmgw.rtmp.commands import Command
 from wxmgw.rtmp.flv import AacPacket, AvcPacket
-from wxmgw.rtp.h264 import NAL_IDR, AvcConfig, to_avcc
 
 pytestmark = pytest.mark.fuzz
 

@@ -22,11 +22,11 @@ import av
 import numpy as np
 import pytest
 
+from wxmgw.codecs.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_annexb, to_avcc
 from wxmgw.errors import ParseError
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE
 from wxmgw.media.transcode import AudioEncoder
 from wxmgw.rtmp import flv
-from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_annexb, to_avcc
 
 # --- FLV file framing: how these tests put our tag bodies in a file (E.2, E.3, E.4.1) ---
 

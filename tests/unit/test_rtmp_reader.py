@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from wxmgw.codecs.h264 import AvcConfig, to_avcc
 from wxmgw.errors import ParseError
 from wxmgw.media.frames import AudioFrame, VideoFrame
 from wxmgw.media.rtmp_reader import RtmpReader, _FlvToFrames
@@ -25,7 +26,6 @@ from wxmgw.rtmp.flv import (
     aac_sequence_header,
     avc_config,
 )
-from wxmgw.rtp.h264 import AvcConfig, to_avcc
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 AVCC = (DATA / "h264_avcc_baseline.bin").read_bytes()

@@ -23,6 +23,7 @@ from typing import Final
 
 import gevent
 
+from wxmgw.codecs.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
 from wxmgw.errors import MediaError, ParseError
 from wxmgw.media.clock import AudioFramer, ClockRules, LiveTimeline
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
@@ -40,7 +41,6 @@ from wxmgw.rtmp.flv import (
     avc_config,
     video_codec,
 )
-from wxmgw.rtp.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
 
 #: An audio timestamp later than the sample count by more than this is a gap.
 AUDIO_GAP: Final = 0.2

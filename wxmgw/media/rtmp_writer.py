@@ -24,6 +24,7 @@ from typing import Final
 import av.error
 import gevent.event
 
+from wxmgw.codecs.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, to_avcc
 from wxmgw.errors import MediaError, ParseError
 from wxmgw.media.clock import ClockRules, SampleClock
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint, RtmpStats
@@ -32,7 +33,6 @@ from wxmgw.media.transcode import AudioEncoder
 from wxmgw.rtmp import amf0, flv
 from wxmgw.rtmp.chunk import AUDIO, DATA_AMF0, DEFAULT_LIMITS, VIDEO, RtmpLimits
 from wxmgw.rtmp.client import RtmpClient, RtmpError
-from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, to_avcc
 from wxmgw.supervise import CrashReport, Worker
 
 #: An audio timestamp further than this from the sample count moves the count (a gap, a jump).

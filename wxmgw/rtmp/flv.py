@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from wxmgw.codecs.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type
 from wxmgw.errors import ParseError
 from wxmgw.rtmp import amf0
-from wxmgw.rtp.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type
 
 #: SoundFormat (E.4.2.1) and CodecID (E.4.3.1), named as FFmpeg names the codecs.
 AUDIO_CODECS: Final = {0: "pcm", 1: "adpcm_swf", 2: "mp3", 3: "pcm_s16le", 4: "nellymoser",

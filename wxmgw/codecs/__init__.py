@@ -1,0 +1,1 @@
+"""Codec bitstreams the gateway reads and writes by hand (pure modules)."""
