@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wxmgw.codecs.aac import AudioSpecificConfig
 from wxmgw.codecs.h264 import NAL_PPS, NAL_SPS
 from wxmgw.errors import MediaError, ParseError
-from wxmgw.media.aac import AudioSpecificConfig
 from wxmgw.media.frames import AUDIO_RATE
 from wxmgw.media.transcode import AudioDecoder, opus_samples
 from wxmgw.rtmp.flv import MAX_PARAMETER_SET, avc_config

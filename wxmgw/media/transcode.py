@@ -35,8 +35,8 @@ from av.audio.codeccontext import AudioCodecContext
 from av.audio.frame import AudioFrame
 from av.filter import Graph
 
+from wxmgw.codecs.aac import AudioSpecificConfig
 from wxmgw.errors import InvalidArgument, MediaError
-from wxmgw.media.aac import AudioSpecificConfig
 from wxmgw.media.clock import PcmFramer
 from wxmgw.media.dsp import G711, Interpolator, decimator, interpolator
 from wxmgw.media.frames import AUDIO_RATE, Pcm
@@ -179,7 +179,7 @@ class AudioDecoder:
 
         AAC needs ``extradata``: the AudioSpecificConfig of the FLV sequence
         header, which gives its rate and channels; ``ParseError`` if it is
-        not one :class:`~wxmgw.media.aac.AudioSpecificConfig` takes. An RTP
+        not one :class:`~wxmgw.codecs.aac.AudioSpecificConfig` takes. An RTP
         codec decodes at its own rate; ``channels`` (1 or 2) is what the SDP
         says. ``out_rate`` is the rate of the PCM returned.
         """

@@ -5,7 +5,7 @@ AACAUDIODATA, E.4.2) and :class:`AvcPacket` (VIDEODATA with AVCVIDEOPACKET,
 E.4.3), the codec a tag announces (:func:`audio_codec`, :func:`video_codec`),
 the AVC sequence header's checks (:func:`avc_config`) and ``onMetaData``
 (E.5). A mini-program's AudioSpecificConfig is checked by
-:class:`~wxmgw.media.aac.AudioSpecificConfig`, a codec's concern.
+:class:`~wxmgw.codecs.aac.AudioSpecificConfig`, a codec's concern.
 
 Written by hand because FFmpeg's FLV muxer, as PyAV drives it, fixes a
 publication's streams and sequence headers when it writes the header: a new

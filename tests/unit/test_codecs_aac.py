@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from wxmgw.codecs.aac import AudioSpecificConfig
 from wxmgw.errors import ParseError
-from wxmgw.media.aac import AudioSpecificConfig
 from wxmgw.media.transcode import AudioEncoder
 
 
