@@ -122,19 +122,32 @@ def test_a_stall_longer_than_max_lag_reanchors_at_arrival() -> None:
     assert timeline.reanchors == 2
 
 
-@given(st.lists(st.tuples(st.integers(0, 40), st.floats(0, 0.3)), min_size=1, max_size=200))
+@given(st.lists(st.tuples(st.integers(0, 40), st.floats(0, 0.3)), min_size=1, max_size=200),
+       st.sampled_from([0.0, 0.1]))
 def test_live_timeline_never_stamps_after_arrival_and_never_goes_back(
-    steps: list[tuple[int, float]],
+    steps: list[tuple[int, float]], tolerance: float,
 ) -> None:
-    timeline = LiveTimeline(max_lag=0.5)
+    timeline = LiveTimeline(max_lag=0.5, tolerance=tolerance)
     ms, arrival, last = 0, 0.0, -1.0
     for step_ms, wait in steps:
         ms += step_ms
         arrival += wait
         ts = timeline.stamp(ms, arrival)
-        assert ts <= arrival + 1e-9
+        assert ts <= arrival + tolerance + 1e-9
         assert ts >= last - 1e-9
         last = ts
+
+
+def test_audio_and_video_of_different_delays_share_one_anchor() -> None:
+    """The publisher holds audio ~50 ms longer than video: within the tolerance the anchor
+    the first (audio) message set stays, so the video does not move against the audio."""
+    timeline = LiveTimeline(max_lag=0.5, tolerance=0.1)
+    assert timeline.stamp(0, 10.05) == pytest.approx(10.05)  # audio, 50 ms held
+    assert timeline.stamp(0, 10.0) == pytest.approx(10.05)  # video of the same instant
+    assert timeline.stamp(40, 10.04) == pytest.approx(10.09)
+    assert timeline.behind == 0.0
+    assert timeline.stamp(500, 10.3) == pytest.approx(10.3)  # 0.25 s early: a burst, followed
+    assert timeline.behind == pytest.approx(0.25)
 
 
 @given(st.lists(st.tuples(st.integers(1, 3000), st.floats(-1, 1)), min_size=1, max_size=100))

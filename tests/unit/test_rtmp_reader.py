@@ -157,10 +157,11 @@ def test_a_gop_burst_is_caught_up_to_live() -> None:
         audio += flv.audio(ms, aac_frame(frames[i % len(frames)]), arrival)
         if i % 2 == 0:
             picture = flv.video(ms, avc_idr(), arrival)
-            assert picture is not None and picture.ts <= arrival
+            assert picture is not None and picture.ts <= arrival + 0.1 + 1e-9  # the tolerance
             video.append(picture)
         if ms > 2100:
             assert audio[-1].ts >= arrival - 0.1 - 0.03
     assert len(video) == 100
-    assert 0.05 <= 2.0 - flv.audio_dropped <= 0.15  # kept: the backlog target
-    assert flv.timeline.behind == pytest.approx(2.0, abs=0.03)
+    # kept: the backlog target, plus the timeline's tolerance and an AAC frame at most
+    assert 0.05 <= 2.0 - flv.audio_dropped <= 0.1 + 0.1 + 0.022
+    assert flv.timeline.behind == pytest.approx(2.0, abs=0.1)  # to within the tolerance

@@ -189,26 +189,33 @@ class LiveTimeline:
     """One RTMP session's FLV timeline on the gateway's clock, at live.
 
     A message of FLV time ``ms`` that arrived at ``arrival`` is stamped
-    ``anchor + ms / 1000``, the anchor being the lowest ``arrival - ms / 1000``
-    seen: no message appears captured after it arrived. Media a server
-    replays in a burst (its GOP cache when a player joins, an uplink catching
-    up) is stamped as it arrives, compressed, instead of ahead of real time;
-    the anchor then tracks the most timely message, which keeps a stream that
-    arrives as it comes at its arrival less its network jitter.
+    ``anchor + ms / 1000``. The anchor starts at the first message's
+    ``arrival - ms / 1000`` and moves back, to a message's own, when that
+    message came more than ``tolerance`` earlier than the anchor says: media a
+    server replays in a burst (its GOP cache when a player joins, an uplink
+    catching up) is stamped as it arrives, compressed, instead of ahead of
+    real time. Within ``tolerance`` the anchor stays: audio and video come
+    with different delays (the publisher's AAC encoder and interleaving hold
+    audio some tens of milliseconds), and an anchor that followed the most
+    timely message would move the video against the counted audio. So no
+    message is stamped more than ``tolerance`` after it arrived.
 
     A message later than the anchor says by more than ``max_lag`` (the FLV
     timeline jumped back, or the server stalled that long) re-anchors at its
     arrival: the stall is not kept as latency either (``reanchors`` counts
-    those). :attr:`behind` adds up how far the anchor moved back: how far
-    behind live the media that came in bursts was (and the jitter of the
-    first messages, a few milliseconds).
+    those). Otherwise stamps never go back: when a burst moves the anchor back,
+    what follows is held at the last stamp until the timeline reaches it.
+    :attr:`behind` adds up how far the anchor moved back: how far behind live
+    the media that came in bursts was.
     """
 
-    __slots__ = ("_anchor", "_max_lag", "behind", "reanchors")
+    __slots__ = ("_anchor", "_last", "_max_lag", "_tolerance", "behind", "reanchors")
 
-    def __init__(self, max_lag: float) -> None:
+    def __init__(self, max_lag: float, tolerance: float = 0.0) -> None:
         self._max_lag = max_lag
+        self._tolerance = tolerance
         self._anchor: float | None = None
+        self._last = -math.inf
         self.behind = 0.0
         self.reanchors = 0
 
@@ -216,11 +223,14 @@ class LiveTimeline:
         """The media time of a message of FLV time ``ms`` (its DTS) that arrived at ``arrival``."""
         offset = arrival - ms / 1000
         anchor = self._anchor
-        if anchor is None or offset < anchor:
-            if anchor is not None:
-                self.behind += anchor - offset
+        if anchor is None:
+            anchor = self._anchor = offset
+        elif offset < anchor - self._tolerance:
+            self.behind += anchor - offset
             anchor = self._anchor = offset
         elif offset - anchor > self._max_lag:
             self.reanchors += 1
             anchor = self._anchor = offset
-        return anchor + ms / 1000
+            self._last = -math.inf  # a new timeline: it may start before the old one
+        ts = self._last = max(anchor + ms / 1000, self._last)
+        return ts

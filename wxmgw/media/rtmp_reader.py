@@ -225,7 +225,7 @@ class _FlvToFrames:
     """
 
     def __init__(self, audio_rate: int, max_backlog: float) -> None:
-        self.timeline = LiveTimeline(MAX_LAG)
+        self.timeline = LiveTimeline(MAX_LAG, tolerance=max_backlog)
         self._avc: AvcConfig | None = None
         self._decoder: AudioDecoder | None = None
         self._refused = {"video": False, "audio": False}
