@@ -63,6 +63,7 @@ from callroute.protocol import AlreadyJoined, StoreUnavailable
 from callroute.rooms import Changes, Conference, Member, NameTaken, Push, Stream, StreamKind
 from wxmgw.access import redact_token
 from wxmgw.cluster import PREFIX, conference_key
+from wxmgw.logs import event
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +303,8 @@ class RedisStore:
                 try:
                     self._release(keys=[lease_key(conf_id)], args=[lease.owner])
                 except redis.RedisError as exc:  # it expires by itself
-                    logger.warning("lease of %s not released: %s", conf_id, exc)
+                    event(logger, "lease_not_released", logging.WARNING, confId=conf_id,
+                          error=str(exc))
 
     def _acquire(self, conf_id: str) -> _Lease:
         owner = secrets.token_hex(16)
@@ -327,7 +329,8 @@ class RedisStore:
                 try:
                     self._renew(keys=[lease_key(conf_id)], args=[lease.owner, self._ttl_ms])
                 except redis.RedisError as exc:
-                    logger.warning("lease of %s not renewed: %s", conf_id, exc)
+                    event(logger, "lease_not_renewed", logging.WARNING, confId=conf_id,
+                          error=str(exc))
 
     def load(self, conf_id: str) -> Conference | None:
         """Under :meth:`hold`, the conference as read with the lease (no round trip)."""
