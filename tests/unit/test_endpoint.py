@@ -53,3 +53,16 @@ def test_took_keeps_when_each_stream_last_had_media() -> None:
     endpoint._took("video", time.perf_counter())
     assert endpoint.last_media["video"] > created == endpoint.last_media["audio"]
     assert endpoint.latency["video"].total == 1
+
+
+def test_backoff_starts_over_only_after_a_session_that_lasted() -> None:
+    endpoint = RtmpEndpoint("rtmp://127.0.0.1/live/x", "pull x", lambda _kind, _info: None)
+    delays = []
+    for _ in range(3):  # a server that accepts, then fails at once: it backs off
+        endpoint._connected()
+        delays.append(endpoint._failed(OSError("reset by peer")))
+    endpoint._connected()
+    assert endpoint._session_start is not None
+    endpoint._session_start -= 60  # a session of a minute: the next retry comes soon
+    delays.append(endpoint._failed(OSError("reset by peer")))
+    assert delays == [0.5, 1.0, 2.0, 0.5]

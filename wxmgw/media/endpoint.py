@@ -79,6 +79,7 @@ class RtmpEndpoint:
         self._closing = False
         self._backoff = Backoff()
         self._sessions = 0
+        self._session_start: float | None = None
         self._down = False
         self._malformed_reported = float("-inf")
         self._worker: Worker | None = None
@@ -121,6 +122,7 @@ class RtmpEndpoint:
         if self._sessions:
             self.stats.reconnects += 1
         self._sessions += 1
+        self._session_start = time.monotonic()
         self._down = False
 
     def _failed(self, error: BaseException) -> float:
@@ -128,6 +130,9 @@ class RtmpEndpoint:
         self.stats.errors += 1
         self.stats.last_error = str(error) or type(error).__name__
         self._down = True
+        started, self._session_start = self._session_start, None
+        if started is not None and time.monotonic() - started > self._backoff.maximum:
+            self._backoff.reset()  # it ran a good while: retry soon; one that flaps backs off
         delay = self._backoff.next()
         if not isinstance(error, ParseError):
             self._event("disconnected", error=self.stats.last_error, retry_in=delay)

@@ -73,7 +73,8 @@ class RtmpReader(RtmpEndpoint):
     live the burst's media was). :attr:`audio_dropped` and :attr:`behind`
     add those up over the sessions, in seconds. The session is retried with
     :class:`~wxmgw.supervise.Backoff` until :meth:`close`; the delays start
-    over once a session has brought media. A server past ``limits`` ends its
+    over after a session that lasted longer than the longest delay (a server
+    that accepts and then fails at once backs off). A server past ``limits`` ends its
     session like any malformed input. Every callback runs in the reader's
     greenlet, a :class:`~wxmgw.supervise.Worker`.
 
@@ -147,15 +148,11 @@ class RtmpReader(RtmpEndpoint):
             self._connected()
             self._event("connected")
             flv = self._flv = _FlvToFrames(self.audio_rate, self.limits.max_backlog)
-            media = False
             dropping = False
             while True:
                 message = client.read()
                 if message.type_id not in (AUDIO, VIDEO) or not message.payload:
                     continue
-                if not media:
-                    media = True
-                    self._backoff.reset()
                 self.stats.packets += 1
                 self.stats.bytes += len(message.payload)
                 read = time.perf_counter()

@@ -235,7 +235,6 @@ class RtmpWriter(RtmpEndpoint):
     def _written(self, kind: str, arrived: float) -> None:
         """A frame is out: count it, and time it when it came from the network."""
         self.stats.frames += 1
-        self._backoff.reset()
         if arrived:
             self._took(kind, arrived)
 
