@@ -34,6 +34,7 @@ from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Vide
 from wxmgw.media.transcode import (
     AAC_NARROW_RATE,
     AudioDecoder,
+    DroppedFrame,
     aac_rate,
     audio_codec,
 )
@@ -303,6 +304,7 @@ class AudioReceiver(_Receiver):
         self.framer = AudioFramer(AUDIO_FRAME_SAMPLES, AUDIO_RATE, RTP_RULES)
         self.frames = 0
         self.decode_errors = 0
+        self.dropped_frames = 0  # decoded, but not what the codec declares (never converted)
 
     def _on_media(self, media: Media) -> None:
         for item in media:
@@ -310,6 +312,9 @@ class AudioReceiver(_Receiver):
                 continue
             try:
                 pcm = self.decoder.decode(item.payload)
+            except DroppedFrame:
+                self.dropped_frames += 1
+                continue
             except MediaError:
                 self.decode_errors += 1
                 continue
@@ -320,7 +325,8 @@ class AudioReceiver(_Receiver):
 
     def flow(self) -> Flow:
         return received(self.session, "audio", frames=self.frames,
-                        decode_errors=self.decode_errors, dropped=self.channel.dropped)
+                        decode_errors=self.decode_errors + self.dropped_frames,
+                        dropped=self.channel.dropped)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -328,5 +334,6 @@ class AudioReceiver(_Receiver):
             "codec": self.codec.name,
             "frames": self.frames,
             "decode_errors": self.decode_errors,
+            "dropped_frames": self.dropped_frames,
         }
 
