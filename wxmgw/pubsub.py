@@ -49,8 +49,10 @@ class Subscription(Generic[T]):
     """One consumer's bounded queue on a :class:`Channel`.
 
     A subscription has a single consumer greenlet: it calls :meth:`get` or
-    iterates. ``delivered`` counts the frames it got, ``dropped`` the frames
-    it lost because its queue was full.
+    iterates, or waits on ``ready`` (an Event it may share with its other
+    subscriptions, set whenever one has something new) and calls :meth:`take`.
+    ``delivered`` counts the frames it got, ``dropped`` the frames it lost
+    because its queue was full.
     """
 
     __slots__ = (
@@ -59,14 +61,16 @@ class Subscription(Generic[T]):
         "_dropped_at_warn",
         "_last_warn",
         "_queue",
-        "_ready",
         "delivered",
         "dropped",
         "maxsize",
         "name",
+        "ready",
     )
 
-    def __init__(self, channel: Channel[T], maxsize: int, name: str) -> None:
+    def __init__(
+        self, channel: Channel[T], maxsize: int, name: str, ready: Event | None = None
+    ) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be at least 1, not {maxsize}")
         self.name = name
@@ -75,7 +79,7 @@ class Subscription(Generic[T]):
         self.dropped = 0
         self._channel: Channel[T] = channel
         self._queue: deque[T] = deque()
-        self._ready = Event()
+        self.ready = ready or Event()
         self._closed = False
         self._last_warn = float("-inf")
         self._dropped_at_warn = 0
@@ -95,13 +99,15 @@ class Subscription(Generic[T]):
         Returns None on timeout, and at once when the subscription or its
         channel is closed (frames still queued then are discarded).
         """
+        if not self._queue and not self._closed:
+            self.ready.clear()
+            self.ready.wait(timeout)
+        return self.take()
+
+    def take(self) -> T | None:
+        """The next frame if one is queued, else None; never waits."""
         if not self._queue:
-            if self._closed:
-                return None
-            self._ready.clear()
-            self._ready.wait(timeout)
-            if not self._queue:
-                return None
+            return None
         self.delivered += 1
         return self._queue.popleft()
 
@@ -118,17 +124,17 @@ class Subscription(Generic[T]):
     def _close(self) -> None:
         self._closed = True
         self._queue.clear()
-        self._ready.set()
+        self.ready.set()
 
     def _prime(self, items: list[T]) -> None:
         """Queue a cached GOP; it may exceed ``maxsize`` (it is bounded on its own)."""
         self._queue.extend(items)
-        self._ready.set()
+        self.ready.set()
 
     def _offer(self, item: T) -> None:
         if len(self._queue) < self.maxsize:
             self._queue.append(item)
-            self._ready.set()
+            self.ready.set()
             return
         self.dropped += 1
         self._channel.dropped += 1
@@ -197,13 +203,17 @@ class Channel(Generic[T]):
         for sub in self._subs:
             sub._offer(item)
 
-    def subscribe(self, maxsize: int = DEFAULT_MAXSIZE, name: str = "") -> Subscription[T]:
+    def subscribe(
+        self, maxsize: int = DEFAULT_MAXSIZE, name: str = "", ready: Event | None = None
+    ) -> Subscription[T]:
         """Add a consumer. On a video channel it receives the cached GOP first.
 
-        Subscribing to a closed channel returns a closed subscription.
+        ``ready`` is the Event the subscription sets when it has something new
+        (one consumer of several channels gives them all the same); a fresh one
+        if not given. Subscribing to a closed channel returns a closed subscription.
         """
         self._next_sub += 1
-        sub: Subscription[T] = Subscription(self, maxsize, name or f"#{self._next_sub}")
+        sub: Subscription[T] = Subscription(self, maxsize, name or f"#{self._next_sub}", ready)
         if self._closed:
             sub._close()
             return sub

@@ -1,7 +1,7 @@
 """Workers that do not die silently: greenlets restarted, with backoff, after an unexpected error.
 
-Every long-running greenlet of a leg (the RTMP reader and writer, the
-writer's listener, the FLV publisher's pumps, the room mixer) runs as a
+Every long-running greenlet of a leg (the RTMP reader, the FLV publisher's
+loop that drives the RTMP writer, the writer's listener, the room mixer) runs as a
 :class:`Worker`. Its function handles the failures it expects (a lost RTMP
 session is retried by the reader and the writer themselves); anything else
 is a bug or an input nobody foresaw. The worker then hands the exception to

@@ -187,7 +187,6 @@ def test_url_query_reaches_on_publish_and_on_play_as_ffmpeg_sends_it(
     query = "txSecret=f00d&txTime=65A0B1C2"
     ours = RtmpWriter(f"{nginx.rtmp_url('ours')}?{query}", name="q", on_event=lambda *_: None,
                       video=False)
-    ours.start()
     silence = np.zeros(960, np.int16)
     for i in range(10):
         ours.write_audio(AudioFrame(silence, i * 0.02), i * 20)

@@ -288,7 +288,6 @@ def test_writer_publishes_what_ffmpeg_decodes(nginx: NginxRtmp, tmp_path: Path,
     clip = h264_clip(100)
     url = nginx.rtmp_url("mix")
     writer = RtmpWriter(url, name="test", on_event=lambda k, i: collector.events.append((k, i)))
-    writer.start()
     player = None
     try:
         writer.write_video(clip[0], 0)
@@ -298,7 +297,6 @@ def test_writer_publishes_what_ffmpeg_decodes(nginx: NginxRtmp, tmp_path: Path,
         push(writer, clip[25:], 1000, hz=440)  # from the second keyframe on
     finally:
         writer.close()
-        assert writer.join(10)
         if player is not None:
             _, err = player.communicate(timeout=15)
     assert player.returncode == 0, err.decode()
@@ -306,7 +304,7 @@ def test_writer_publishes_what_ffmpeg_decodes(nginx: NginxRtmp, tmp_path: Path,
     pcm = np.frombuffer((tmp_path / "audio.raw").read_bytes(), np.int16)
     assert len(pcm) >= 2 * AUDIO_RATE
     assert abs(dominant_hz(pcm[AUDIO_RATE // 2:]) - 440) < 5
-    assert collector.count("connected") == 1 and writer.stats.dropped == 0
+    assert collector.count("connected") == 1
     latency = writer.latency_ms()  # arrival -> tag sent, measured for both streams
     for kind in ("video", "audio"):
         p50, p99 = latency[kind] or (-1.0, -1.0)
@@ -316,7 +314,6 @@ def test_writer_publishes_what_ffmpeg_decodes(nginx: NginxRtmp, tmp_path: Path,
 def test_audio_only_writer(nginx: NginxRtmp, tmp_path: Path) -> None:
     url = nginx.rtmp_url("audio")
     writer = RtmpWriter(url, name="test", on_event=lambda k, i: None, video=False)
-    writer.start()
     player = None
     try:
         samples = 0
@@ -333,7 +330,6 @@ def test_audio_only_writer(nginx: NginxRtmp, tmp_path: Path) -> None:
             gevent.sleep(max(0.0, t0 + (samples - start) / AUDIO_RATE - time.monotonic()))
     finally:
         writer.close()
-        assert writer.join(10)
         if player is not None:
             _, err = player.communicate(timeout=15)
     assert player.returncode == 0, err.decode()
@@ -348,7 +344,6 @@ def test_writer_republishes_after_nginx_restart(nginx: NginxRtmp, collector: Col
     clip = h264_clip(150)
     writer = RtmpWriter(nginx.rtmp_url("mix"), name="test",
                         on_event=lambda k, i: collector.events.append((k, i)))
-    writer.start()
     try:
         push(writer, clip[:25], 0, hz=440)
         assert nginx.is_publishing("mix")
@@ -357,7 +352,6 @@ def test_writer_republishes_after_nginx_restart(nginx: NginxRtmp, collector: Col
         assert nginx.is_publishing("mix")
     finally:
         writer.close()
-        assert writer.join(10)
     assert collector.count("connected") == 2 and collector.count("disconnected") == 1
     assert writer.stats.reconnects == 1
 
@@ -382,7 +376,6 @@ def test_video_comes_switches_and_goes_in_one_publication(nginx: NginxRtmp, tmp_
     url = nginx.rtmp_url("mix")
     writer = RtmpWriter(url, name="test", video=False,
                         on_event=lambda k, i: collector.events.append((k, i)))
-    writer.start()
     early, late = tmp_path / "early", tmp_path / "late"
     early.mkdir()
     late.mkdir()
@@ -409,7 +402,6 @@ def test_video_comes_switches_and_goes_in_one_publication(nginx: NginxRtmp, tmp_
         ended = time.monotonic()
     finally:
         writer.close()
-        assert writer.join(10)
         errors = end_players(procs)
         gevent.killall(watchers)
     assert [p.returncode for p in procs] == [0, 0], errors

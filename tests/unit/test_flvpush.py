@@ -1,11 +1,19 @@
-"""AvInterleaver: FLV timestamps, the audio grid with silence, video held for interleaving."""
+"""AvInterleaver: FLV timestamps, the audio grid with silence, video held for interleaving.
+
+FlvPublisher: the one loop that takes from the subscriptions and writes.
+"""
 
 from __future__ import annotations
 
+import time
+
+import gevent
 import numpy as np
 
-from wxmgw.legs.flvpush import HOLD_MAX, QUIET, AvInterleaver, Output
+from wxmgw.legs.flvpush import HOLD_MAX, QUIET, AvInterleaver, FlvPublisher, Output
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AudioFrame, VideoFrame
+from wxmgw.media.rtmp_writer import RtmpWriter
+from wxmgw.pubsub import DEFAULT_MAXSIZE, Channel
 
 BASE = 1000.0
 DELAY = 0.03  # network + jitter buffer: frames arrive this long after capture
@@ -93,3 +101,58 @@ def test_video_timestamps_never_go_back_and_a_new_source_starts_at_a_keyframe() 
     av.reset_video()
     assert av.video(picture(BASE + 2.0), BASE + 2.0) == []
     assert av.stats.video_before_keyframe == 1
+
+
+class Recorder(RtmpWriter):
+    """The writer's calls, in order, from the publisher's loop; no network."""
+
+    def __init__(self) -> None:
+        super().__init__("rtmp://127.0.0.1:1/live/x", name="rec", on_event=lambda k, i: None)
+        self.calls: list[tuple[str, object]] = []
+
+    def write_video(self, frame: VideoFrame, pts_ms: int) -> None:
+        self.calls.append(("video", frame))
+
+    def write_audio(self, frame: AudioFrame, pts_ms: int) -> None:
+        self.calls.append(("audio", pts_ms))
+
+    def set_video(self, video: bool) -> None:
+        self.calls.append(("set_video", video))
+
+
+def publisher(video: Channel[VideoFrame]) -> tuple[FlvPublisher, Recorder]:
+    pub = FlvPublisher("rtmp://127.0.0.1:1/live/x", audio=Channel("a"), video=video,
+                       log=lambda *a, **k: None, name="t")
+    pub._writer = recorder = Recorder()
+    return pub, recorder
+
+
+def test_push_loop_resumes_video_at_a_keyframe_after_its_queue_overflowed() -> None:
+    video: Channel[VideoFrame] = Channel("v", gop_cache=True)
+    pub, writer = publisher(video)
+    pub.start()
+    now = time.monotonic()
+    for i in range(DEFAULT_MAXSIZE + 4):  # the loop is away: 4 frames lost
+        video.publish(picture(now, key=i == 0))
+    gevent.sleep(0.05)
+    after = [picture(now), picture(now), picture(now, key=True), picture(now)]
+    for frame in after:
+        video.publish(frame)
+    gevent.sleep(0.3)  # held video goes out with the silence, or after HOLD_MAX
+    pub.close()
+    assert [f for kind, f in writer.calls if kind == "video"] == after[2:]
+    assert video.dropped == 4  # counted where they were lost (the leg's rtp_in flow)
+    assert pub.dropped == DEFAULT_MAXSIZE + 2  # what the full queue held, and P P before K
+    assert pub.stats()["rtmp_dropped"] == pub.flows()[0].dropped == pub.dropped
+    assert any(kind == "audio" for kind, _ in writer.calls)  # silence from the start
+
+
+def test_video_source_switch_reaches_the_writer_from_the_loop() -> None:
+    pub, writer = publisher(Channel("v", gop_cache=True))
+    pub.start()
+    pub.set_video(None)
+    assert ("set_video", False) not in writer.calls  # not from the caller: a send may be under way
+    gevent.sleep(0.01)
+    assert ("set_video", False) in writer.calls
+    pub.close()
+    assert pub.state == "running"

@@ -5,6 +5,7 @@ import logging
 import gevent
 import numpy as np
 import pytest
+from gevent.event import Event
 
 from wxmgw import pubsub
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AudioFrame, VideoFrame
@@ -202,3 +203,18 @@ def test_audio_channel_caches_nothing() -> None:
 def test_maxsize_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Channel[AudioFrame]("a").subscribe(maxsize=0)
+
+
+def test_one_consumer_waits_on_several_channels_with_one_event() -> None:
+    ready = Event()
+    sound: Channel[AudioFrame] = Channel("a")
+    picture: Channel[VideoFrame] = Channel("v", gop_cache=True)
+    a, v = sound.subscribe(ready=ready), picture.subscribe(ready=ready)
+    assert a.take() is None and v.take() is None and not ready.is_set()
+    frame = video(1.0, keyframe=True)
+    picture.publish(frame)
+    assert ready.wait(0) and a.take() is None and v.take() is frame
+    assert v.delivered == 1 and a.delivered == 0
+    ready.clear()
+    sound.close()
+    assert ready.is_set() and a.take() is None  # a closed source wakes the consumer too

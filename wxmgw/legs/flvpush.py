@@ -34,8 +34,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-import gevent
 import numpy as np
+from gevent.event import Event
 
 from wxmgw.legs.base import Flow
 from wxmgw.media.clock import ClockRules, Placement, SampleClock
@@ -212,13 +212,19 @@ class AvInterleaver:
 class FlvPublisher:
     """Pushes an audio channel and an optional video channel to ``url`` as RTMP (H.264 + AAC).
 
-    Runs two greenlets on the hub (one per subscription) that feed an
-    :class:`AvInterleaver` and hand its output to an :class:`RtmpWriter`
-    (in its own greenlet, reconnecting with backoff). A video channel
-    given at start or by :meth:`set_video` starts at its cached keyframe.
-    Each greenlet is a :class:`~wxmgw.supervise.Worker`: an unexpected
-    exception is logged (``flv_worker_crashed``, with the traceback),
-    counted, and the pump runs again after a backoff.
+    One greenlet per publication, a :class:`~wxmgw.supervise.Worker`, waits
+    on both subscriptions (they share one ``ready`` Event) and on the
+    :class:`AvInterleaver`'s next deadline, and writes what the interleaver
+    releases with the :class:`RtmpWriter` at once, each send with a deadline
+    (as mediamtx's ``from_stream.go`` writes from the reader's callback).
+    Reconnecting with backoff happens in that loop, inside the writer. The
+    only queues are the subscriptions': a source faster than the server loses
+    frames there (counted by the channel); video then skips what the full
+    queue held too and resumes at the next keyframe (counted in
+    :attr:`dropped`). A video channel given at start or by :meth:`set_video`
+    starts at its cached keyframe. An unexpected exception in the loop is
+    logged (``flv_worker_crashed``, with the traceback), counted, and the
+    loop runs again after a backoff.
     """
 
     def __init__(
@@ -237,15 +243,21 @@ class FlvPublisher:
         self.name = name
         self._log = log
         self._clock = clock
-        self._audio = audio
-        self._video = video
+        self._audio_channel = audio
+        self._video_channel = video
         self._writer = RtmpWriter(
             url, name=name, on_event=self._on_event, video=video is not None, audio=True,
             aac_rate=aac_rate, limits=limits,
         )
         self._av = AvInterleaver(clock())
-        self._workers: dict[str, Worker] = {}
-        self._subs: dict[str, Subscription[Any]] = {}
+        self._ready = Event()
+        self._audio: Subscription[AudioFrame] | None = None
+        self._video: Subscription[VideoFrame] | None = None
+        self._video_switched = False  # set_video since the loop last looked
+        self._video_gap = False  # video frames were lost: skip to the next keyframe
+        self._video_lost = 0  # the video subscription's drops seen so far
+        self.dropped = 0  # video frames skipped after a loss, waiting for a keyframe
+        self._worker: Worker | None = None
         self._closed = False
         self.crashes = 0
 
@@ -253,37 +265,41 @@ class FlvPublisher:
         """Publish from now on: silence until the sources bring audio, video as it comes."""
         self._av.base = self._clock()
         self._av.begin(self._av.base)
-        self._writer.start()
-        self._follow("audio", self._audio)
-        if self._video is not None:
-            self._follow("video", self._video)
+        self._audio = self._audio_channel.subscribe(name=f"{self.name}/flv", ready=self._ready)
+        if self._video_channel is not None:
+            self._video = self._video_channel.subscribe(
+                name=f"{self.name}/flv", ready=self._ready)
+        self._worker = Worker(self._run, self._crashed)
 
     def set_video(self, video: Channel[VideoFrame] | None) -> None:
         """Switch, add or remove the video source; the new one starts at a keyframe."""
-        if video is self._video or self._closed:
+        if video is self._video_channel or self._closed:
             return
-        self._unfollow("video")
+        self._unfollow_video()
         self._av.reset_video()
-        self._writer.set_video(video is not None)
-        self._video = video
+        self._video_channel = video
+        self._video_switched = True  # the writer hears of it in the loop, between two writes
         self._log("flv_video_source", stream=self.name, video=video.name if video else "")
         if video is not None:
-            self._follow("video", video)
+            self._video = video.subscribe(name=f"{self.name}/flv", ready=self._ready)
+        self._ready.set()
 
     def close(self) -> None:
-        """Stop at once and end the publication (the writer flushes and ends on its own)."""
+        """Stop at once and end the publication."""
         if self._closed:
             return
         self._closed = True
-        for kind in list(self._subs):
-            self._unfollow(kind)
+        if self._worker is not None and not self._worker.running_here:
+            self._worker.kill(block=True)  # not in the middle of a send when the socket closes
+        self._unfollow_video()
+        if self._audio is not None:
+            self._audio.close()
         self._writer.close()
-        gevent.spawn(self._writer.join)  # releases the writer's hub inbox once it has ended
 
     @property
     def state(self) -> str:
-        """The writer's and the pumps' state (:func:`~wxmgw.supervise.worst`)."""
-        return worst([self._writer.state, *(w.state for w in self._workers.values())])
+        """The writer's and the loop's state (:func:`~wxmgw.supervise.worst`)."""
+        return worst([self._writer.state, *([self._worker.state] if self._worker else [])])
 
     def stats(self) -> dict[str, Any]:
         w = self._writer.stats
@@ -294,60 +310,70 @@ class FlvPublisher:
             "reconnects": w.reconnects,
             "rtmp_errors": w.errors,
             "rtmp_malformed": w.malformed,
-            "rtmp_dropped": w.dropped,
+            "rtmp_dropped": self.dropped,
             "crashes": self.crashes + w.crashes,
             "added_latency_ms": self._writer.latency_ms(),
         }
 
     def flows(self) -> list[Flow]:
-        """The push: bytes, frames, reconnects, writes dropped, added latency, A/V offset."""
+        """The push: bytes, frames, reconnects, frames skipped, added latency, A/V offset."""
         w, av = self._writer.stats, self._av.stats
         return [Flow("rtmp_out", "av", bytes=w.bytes, frames=w.frames, reconnects=w.reconnects,
-                     dropped=w.dropped,
+                     dropped=self.dropped,
                      av_offset=av.av_offset_ms / 1000 if av.video_frames else None,
                      latency=self._writer.latency, av_offsets=self._av.offsets)]
 
-    def _follow(self, kind: str, channel: Channel[Any]) -> None:
-        sub: Subscription[Any] = channel.subscribe(name=f"{self.name}/flv")
-        self._subs[kind] = sub
-        self._workers[kind] = Worker(
-            lambda: self._pump(sub, kind == "video"),
-            lambda error, retry_in: self._crashed(kind, error, retry_in),
-        )
-
-    def _unfollow(self, kind: str) -> None:
-        worker = self._workers.pop(kind, None)
-        if worker is not None:
-            worker.kill()
-        sub = self._subs.pop(kind, None)
+    def _unfollow_video(self) -> None:
+        sub, self._video = self._video, None
         if sub is not None:
             sub.close()
+        self._video_lost = 0
 
-    def _pump(self, sub: Subscription[Any], video: bool) -> None:
-        """Feed one subscription to the interleaver; wake up for its deadlines too.
+    def _run(self) -> None:
+        """Take what the sources bring, or wait for it until the interleaver's next deadline.
 
-        Whichever greenlet changes the interleaver's state waits next with the
-        deadline that change set, so every deadline is kept by one of them.
+        Audio is taken before video, so a video frame finds the audio up to
+        its time already written; after a source stops, the deadlines keep
+        the stream going (silence).
         """
-        av = self._av
+        av, audio = self._av, self._audio
+        assert audio is not None, "started"
         while True:
-            deadline = av.next_deadline()
-            timeout = None if deadline is None else max(0.001, deadline - self._clock())
-            if sub.closed:  # the source stopped: the audio greenlet keeps the stream going
-                if video:
-                    return
-                gevent.sleep(1.0 if timeout is None else timeout)
-                frame = None
-            else:
-                frame = sub.get(timeout)
+            if self._video_switched:
+                self._video_switched = self._video_gap = False
+                self._writer.set_video(self._video_channel is not None)
             now = self._clock()
-            if frame is None:
-                out = av.tick(now)
-            elif video:
-                out = av.video(frame, now)
+            if (sound := audio.take()) is not None:
+                out = av.audio(sound, now)
+            elif (video := self._next_video()) is not None:
+                out = av.video(video, now)
             else:
-                out = av.audio(frame, now)
+                deadline = av.next_deadline()
+                if deadline is None or deadline > now:
+                    self._ready.clear()
+                    if self._ready.wait(None if deadline is None else deadline - now):
+                        continue  # a frame, or a new video source
+                out = av.tick(self._clock())
             self._write(out)
+
+    def _next_video(self) -> VideoFrame | None:
+        """The next video frame to interleave; after frames were lost, from a keyframe on."""
+        sub = self._video
+        if sub is None:
+            return None
+        if sub.dropped != self._video_lost:
+            # Its queue overflowed while the loop was away: what it holds is that
+            # far behind, and the frames after it miss those lost.
+            self._video_lost = sub.dropped
+            while sub.take() is not None:
+                self.dropped += 1
+            self._video_gap = True
+        while (frame := sub.take()) is not None:
+            if frame.keyframe or not self._video_gap:
+                self._video_gap = False
+                return frame
+            self.dropped += 1
+        return None
 
     def _write(self, out: Output) -> None:
         writer = self._writer
@@ -357,9 +383,9 @@ class FlvPublisher:
             else:
                 writer.write_audio(frame, pts)
 
-    def _crashed(self, kind: str, error: BaseException, retry_in: float) -> None:
+    def _crashed(self, error: BaseException, retry_in: float) -> None:
         self.crashes += 1
-        self._log("flv_worker_crashed", logging.ERROR, stream=self.name, worker=kind,
+        self._log("flv_worker_crashed", logging.ERROR, stream=self.name,
                   error=f"{type(error).__name__}: {error}", retry_in=retry_in, exc=error)
 
     def _on_event(self, kind: str, info: dict[str, Any]) -> None:

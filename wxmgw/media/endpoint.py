@@ -40,8 +40,7 @@ class RtmpStats:
     ``malformed`` the sessions ended by what the server sent (a
     :class:`~wxmgw.errors.ParseError`: garbage, or past the
     :class:`~wxmgw.rtmp.chunk.RtmpLimits`); ``crashes`` the unexpected
-    exceptions that restarted a worker; ``dropped`` the writes refused
-    because the writer's queue was full. A reader also counts
+    exceptions that restarted a worker. A reader also counts
     ``configs_refused``, the sequence headers outside what a mini-program
     sends, and ``frames_dropped``, the decoded frames not as declared.
     """
@@ -53,7 +52,6 @@ class RtmpStats:
     errors: int = 0
     malformed: int = 0
     crashes: int = 0
-    dropped: int = 0
     configs_refused: int = 0
     frames_dropped: int = 0
     last_error: str = ""

@@ -9,20 +9,19 @@ before its first keyframe, and removing video is just sending no more video
 tags.
 
 Each tag goes out as one RTMP message through
-:class:`~wxmgw.rtmp.client.RtmpClient`, from the writer's greenlet: no thread,
-and a live server that accepts TCP but stops reading is timed out like any
-other (every send is bounded). AAC is encoded by FFmpeg (PyAV).
+:class:`~wxmgw.rtmp.client.RtmpClient`, from the caller's greenlet (the FLV
+publisher's, which waits on its sources and writes: no queue, no thread, as
+mediamtx's ``from_stream.go`` writes from the reader's callback). Every send
+has a deadline, so a live server that accepts TCP but stops reading ends the
+publication like any other failure. AAC is encoded by FFmpeg (PyAV).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Final
 
 import av.error
-import gevent.event
 
 from wxmgw.codecs.h264 import NAL_PPS, NAL_SPS, AvcConfig, nal_type, to_avcc
 from wxmgw.errors import MediaError, ParseError
@@ -48,28 +47,6 @@ _AUDIO_METADATA: Final[dict[str, float | bool]] = {
 _VIDEO_METADATA: Final[dict[str, float | bool]] = {"videocodecid": 7.0}  # AVC
 
 
-@dataclass(slots=True)
-class _Video:
-    frame: VideoFrame
-    pts_ms: int
-
-
-@dataclass(slots=True)
-class _Audio:
-    frame: AudioFrame
-    pts_ms: int
-
-
-@dataclass(slots=True)
-class _Source:
-    """``set_video``: video from a new source (``video``) or no video from here on."""
-
-    video: bool
-
-
-_CLOSE: Final = object()
-
-
 class RtmpWriter(RtmpEndpoint):
     """Publishes H.264 and AAC-LC (encoded here from PCM) to an RTMP URL, as one publication.
 
@@ -83,21 +60,19 @@ class RtmpWriter(RtmpEndpoint):
     keyframe whose SPS/PPS differ from those last sent gets a new AVC sequence
     header first. ``audio=False`` makes a video-only publication.
 
-    ``write_*`` never block: they queue for the writer's greenlet, and when the
-    queue is full (the live server is slow) the write is dropped and counted,
-    and video resumes at the next keyframe. Timestamps are the callers'
-    milliseconds, rebased so each publication starts at 0 and kept
-    non-decreasing per stream; tags go out in the order written (the caller
-    interleaves). If the server drops the publication, the next one is tried
-    with :class:`~wxmgw.media.endpoint.Backoff`, starting again at a keyframe
-    with fresh sequence headers. :meth:`close` flushes what is queued and ends
-    the publication.
+    ``write_*`` and :meth:`set_video` send from the caller's greenlet, one
+    caller at a time; opening a publication and each send are bounded by
+    ``timeout`` (the send deadline), what the server sends by ``limits``.
+    Timestamps are the callers' milliseconds, rebased so each publication
+    starts at 0 and kept non-decreasing per stream; tags go out in the order
+    written (the caller interleaves). A failure ends the publication; writes
+    are skipped until the next one may be tried (after a
+    :class:`~wxmgw.media.endpoint.Backoff` delay), and it starts again at a
+    keyframe with fresh sequence headers. :meth:`close` ends the publication.
 
     Events: ``connected`` (``video``, ``audio``), ``disconnected`` (``error``,
-    ``retry_in``), ``crashed``. Opening a publication and each send are
-    bounded by ``timeout``; what the server sends, by ``limits``. The
-    writer's greenlet and the publication's listener are
-    :class:`~wxmgw.supervise.Worker` s.
+    ``retry_in``), ``crashed`` (the publication's listener, a
+    :class:`~wxmgw.supervise.Worker`).
 
     :attr:`latency` times frames that came from the network (``arrived``)
     from their arrival to their tag sent: a video frame's own tag; for audio,
@@ -113,7 +88,6 @@ class RtmpWriter(RtmpEndpoint):
         on_event: EventCallback,
         video: bool = True,
         audio: bool = True,
-        queue_size: int = 256,
         timeout: float = 10.0,
         aac_rate: int = AUDIO_RATE,
         limits: RtmpLimits = DEFAULT_LIMITS,
@@ -125,40 +99,39 @@ class RtmpWriter(RtmpEndpoint):
         self.video = video
         self.aac_rate = aac_rate
         self.limits = limits
-        self._queue: deque[object] = deque()
-        self._queue_size = queue_size
-        self._video_gap = False
         self._timeout = timeout
-        self._ready = gevent.event.Event()
-        # the writer's greenlet
         self._publication: _Publication | None = None
         self._retry_at = 0.0
         self._sps: bytes | None = None
         self._pps: bytes | None = None
 
-    # --- callers' side ----------------------------------------------------------
-
-    def start(self) -> None:
-        if self._worker is None:
-            self._worker = self._spawn(self._run)
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until the writer has flushed and stopped; True if it has."""
-        return self._worker is None or self._worker.join(timeout)
-
     def write_video(self, frame: VideoFrame, pts_ms: int) -> None:
-        """Queue an access unit (SPS and PPS in-band before keyframes) for the video tags."""
-        if not self.video:
+        """Send an access unit (SPS and PPS in-band before keyframes) as a video tag."""
+        if not self.video or self._closing:
             return
-        if self._video_gap and not frame.keyframe:
-            self.stats.dropped += 1
-            return
-        self._video_gap = not self._put(_Video(frame, pts_ms))
+        self._remember_parameter_sets(frame)
+        try:
+            publication = self._publication
+            if publication is None and frame.keyframe and self._sps and self._pps:
+                publication = self._open(pts_ms)
+            if publication is not None and publication.write_video(
+                frame, pts_ms, self._sps, self._pps
+            ):
+                self._written("video", frame.arrived)
+        except _SESSION_ERRORS as e:
+            self._lost(e)
 
     def write_audio(self, frame: AudioFrame, pts_ms: int) -> None:
-        """Queue 48 kHz mono PCM for the AAC tags."""
-        if self.audio:
-            self._put(_Audio(frame, pts_ms))
+        """Encode 48 kHz mono PCM and send the AAC tags it completes."""
+        if not self.audio or self._closing:
+            return
+        try:
+            publication = self._publication or self._open(pts_ms)
+            if publication is not None:
+                tags = publication.write_audio(frame.pcm, pts_ms)
+                self._written("audio", frame.arrived if tags else 0.0)
+        except _SESSION_ERRORS as e:
+            self._lost(e)
 
     def set_video(self, video: bool) -> None:
         """Video from a new source from here on (``True``), or none (``False``).
@@ -167,70 +140,24 @@ class RtmpWriter(RtmpEndpoint):
         keyframe, with the SPS/PPS it carries as a fresh sequence header; so
         ``set_video(True)`` while video is on switches sources.
         """
-        if video or self.video:
-            self.video = video
-            self._video_gap = False
-            self._queue.append(_Source(video))
-            self._ready.set()
+        if not (video or self.video) or self._closing:
+            return
+        self.video = video
+        self._sps = self._pps = None
+        try:
+            if self._publication is not None:
+                self._publication.set_video(video)
+        except _SESSION_ERRORS as e:
+            self._lost(e)
 
     def close(self) -> None:
-        """Flush what is queued, end the publication, stop the writer."""
-        if not self._closing:
-            self._queue.append(_CLOSE)
-            self._closing = True
-            self._ready.set()
+        """End the publication; later writes are ignored."""
+        self._closing = True
+        self._end()
 
-    def _put(self, item: object) -> bool:
-        if self._closing:
-            return False
-        if len(self._queue) >= self._queue_size:
-            self.stats.dropped += 1
-            return False
-        self._queue.append(item)
-        self._ready.set()
-        return True
-
-    # --- the writer's greenlet ---------------------------------------------------
-
-    def _run(self) -> None:
-        video = self.video
-        try:
-            while True:
-                while not self._queue:
-                    self._ready.clear()
-                    self._ready.wait()
-                item = self._queue.popleft()
-                if item is _CLOSE:
-                    return
-                if isinstance(item, _Source):
-                    video = item.video
-                    self._sps = self._pps = None
-                try:
-                    self._write(item, video)
-                except _SESSION_ERRORS as e:
-                    self._end()
-                    self._retry_at = time.monotonic() + self._failed(e)
-        finally:
-            self._end()
-
-    def _write(self, item: object, video: bool) -> None:
-        publication = self._publication
-        if isinstance(item, _Video):
-            self._remember_parameter_sets(item.frame)
-            if publication is None and item.frame.keyframe and self._sps and self._pps:
-                publication = self._open(video, item.pts_ms)
-            if publication is not None and publication.write_video(
-                item.frame, item.pts_ms, self._sps, self._pps
-            ):
-                self._written("video", item.frame.arrived)
-        elif isinstance(item, _Audio):
-            if publication is None:
-                publication = self._open(video, item.pts_ms)
-            if publication is not None:
-                tags = publication.write_audio(item.frame.pcm, item.pts_ms)
-                self._written("audio", item.frame.arrived if tags else 0.0)
-        elif isinstance(item, _Source) and publication is not None:
-            publication.set_video(item.video)
+    def _lost(self, error: BaseException) -> None:
+        self._end()
+        self._retry_at = time.monotonic() + self._failed(error)
 
     def _written(self, kind: str, arrived: float) -> None:
         """A frame is out: count it, and time it when it came from the network."""
@@ -246,7 +173,7 @@ class RtmpWriter(RtmpEndpoint):
             elif kind == NAL_PPS:
                 self._pps = nalu
 
-    def _open(self, video: bool, base_ms: int) -> _Publication | None:
+    def _open(self, base_ms: int) -> _Publication | None:
         if time.monotonic() < self._retry_at:
             return None
         client = RtmpClient(self.url, self._timeout, self.limits)
@@ -254,13 +181,13 @@ class RtmpWriter(RtmpEndpoint):
             client.publish()
             encoder = AudioEncoder("AAC", self.aac_rate) if self.audio else None
             self._publication = _Publication(
-                client, encoder, video, base_ms, self.stats, self._crashed
+                client, encoder, self.video, base_ms, self.stats, self._crashed
             )
         except BaseException:
             client.close()
             raise
         self._connected()
-        self._event("connected", video=video, audio=self.audio)
+        self._event("connected", video=self.video, audio=self.audio)
         return self._publication
 
     def _end(self) -> None:
