@@ -18,11 +18,25 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+import socket  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
+from wxmgw.ports import PortAllocator  # noqa: E402
 from wxmgw.redisd import RedisServer  # noqa: E402
+
+
+@pytest.fixture
+def ports() -> Iterator[PortAllocator]:
+    """Eight RTP port pairs on loopback, every pair still held released afterwards."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        lo = s.getsockname()[1] & ~1
+    allocator = PortAllocator(lo, lo + 15, "127.0.0.1")
+    yield allocator
+    for port in list(allocator.in_use):
+        allocator.release(allocator._in_use[port])
 
 
 @pytest.fixture(scope="session")

@@ -29,14 +29,6 @@ PUSH = rq.StartPush(
 )
 
 
-@pytest.fixture
-def allocator():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        lo = s.getsockname()[1] & ~1
-    return PortAllocator(lo, lo + 15, "127.0.0.1")
-
-
 def registry(allocator: PortAllocator, state: Path) -> Registry:
     return Registry(LegContext(allocator, "127.0.0.1"), FileJournal(state))
 
@@ -49,21 +41,21 @@ def test_round_trip(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_a_restarted_registry_runs_the_same_legs_on_the_same_ports(allocator, tmp_path):
-    first = registry(allocator, tmp_path)
+def test_a_restarted_registry_runs_the_same_legs_on_the_same_ports(ports, tmp_path):
+    first = registry(ports, tmp_path)
     first.start_pull(PULL)
-    ports = first.start_push(PUSH)
+    push_ports = first.start_push(PUSH)
     first.start_push(replace(PUSH, req_uuid="mp2"))
     first.av_sync(rq.AvSync("mp1", "c1", "m1"))
     pull_ports = first.rtmp2rtp["mp1"].ports
     first.stop_all()  # as a graceful stop (or a crash) leaves it: the journal kept
 
-    second = registry(allocator, tmp_path)
+    second = registry(ports, tmp_path)
     second.restore()
     try:
         assert not second.restore_failed, second.restore_failed
         assert second.rtmp2rtp["mp1"].ports == pull_ports
-        assert second.rtp2rtmp["m1"].rtp_ports == ports
+        assert second.rtp2rtmp["m1"].rtp_ports == push_ports
         assert second.rtp2rtmp["m1"].requesters == {"mp1", "mp2"}
         assert second.rtmp2rtp["mp1"].sync_uuid == "m1"
         second.stop_push(rq.LegRef("m1", "c1"))
@@ -72,21 +64,21 @@ def test_a_restarted_registry_runs_the_same_legs_on_the_same_ports(allocator, tm
         second.stop_all()
 
 
-def test_a_port_taken_meanwhile_fails_that_leg_only(allocator, tmp_path):
-    first = registry(allocator, tmp_path)
+def test_a_port_taken_meanwhile_fails_that_leg_only(ports, tmp_path):
+    first = registry(ports, tmp_path)
     first.start_pull(PULL)
     audio, video = first.start_push(PUSH)
     first.stop_all()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", video))
-        second = registry(allocator, tmp_path)
+        second = registry(ports, tmp_path)
         second.restore()
         try:
             assert "mp1" in second.rtmp2rtp and "m1" not in second.rtp2rtmp
             failed = second.snapshot()["restoreFailed"]
             assert [(f["uuid"], f["ports"], f["code"]) for f in failed] == [
                 ("m1", [audio, video], 503)]
-            assert video not in allocator.in_use and audio not in allocator.in_use
+            assert video not in ports.in_use and audio not in ports.in_use
         finally:
             second.stop_all()
 

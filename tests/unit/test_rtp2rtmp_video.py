@@ -4,13 +4,10 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import socket  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
-import pytest  # noqa: E402
 
 from wxmgw.legs.rtp2rtmp import VideoReceiver  # noqa: E402
 from wxmgw.ports import PortAllocator  # noqa: E402
@@ -23,15 +20,6 @@ IDR = b"\x65" + bytes(range(1, 200))
 SLICE = b"\x41" + bytes(range(1, 100))
 
 
-@pytest.fixture
-def ports() -> Iterator[PortAllocator]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        lo = s.getsockname()[1] & ~1
-    allocator = PortAllocator(lo, lo + 3, "127.0.0.1")
-    yield allocator
-    for port in list(allocator.in_use):
-        allocator.release(allocator._in_use[port])
 
 
 def test_oversized_frames_are_counted_and_warned_once_per_burst(ports: PortAllocator) -> None:

@@ -7,23 +7,10 @@ monkey.patch_all()
 import socket  # noqa: E402
 
 import gevent  # noqa: E402
-import pytest  # noqa: E402
 
-from wxmgw.ports import PortAllocator  # noqa: E402
 from wxmgw.rtp import rtcp  # noqa: E402
 from wxmgw.rtp.jitter import Gap  # noqa: E402
 from wxmgw.rtp.session import ReceiveConfig, RtpSession, SendConfig  # noqa: E402
-
-
-@pytest.fixture
-def ports():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        lo = s.getsockname()[1] & ~1
-    allocator = PortAllocator(lo, lo + 7, "127.0.0.1")
-    yield allocator
-    for port in list(allocator.in_use):
-        allocator.release(allocator._in_use[port])
 
 
 def test_symmetric_send_receive_reports_and_keyframe_requests(ports):
