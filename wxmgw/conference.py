@@ -255,6 +255,8 @@ class Registry:
             ],
             "ports": {"inUse": self.ctx.ports.in_use, "capacity": self.ctx.ports.capacity},
             "restoreFailed": self.restore_failed,
+            **({"journal": {"where": self.journal.where, "writes": self.journal.writes,
+                            "errors": self.journal.errors}} if self.journal else {}),
             "load": {"legs": len(self.rtmp2rtp) + len(self.rtp2rtmp)},
         }
 

@@ -59,6 +59,8 @@ def test_a_restarted_registry_runs_the_same_legs_on_the_same_ports(ports, tmp_pa
         assert second.rtp2rtmp["m1"].requesters == {"mp1", "mp2"}
         assert second.rtmp2rtp["mp1"].sync_uuid == "m1"
         second.stop_push(rq.LegRef("m1", "c1"))
+        journal = second.snapshot()["journal"]
+        assert journal["errors"] == 0 and journal["writes"] >= 2, journal
         assert [e.params.uuid for e in FileJournal(tmp_path).load().pushes] == []
     finally:
         second.stop_all()
