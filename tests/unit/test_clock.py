@@ -68,6 +68,13 @@ def test_framer_does_not_alias_input() -> None:
     pcm[:] = 0
     assert frame.sum() == 960
     assert framer.push(np.zeros(0, np.int16)) == []
+    # Nor does a frame completed from what was held.
+    held = np.ones(900, np.int16)
+    assert framer.push(held) == []
+    more = np.ones(100, np.int16)
+    frame = framer.push(more)[0]
+    held[:] = more[:] = 0
+    assert frame.sum() == 960
 
 
 def test_audio_framer_stamps_frames_by_the_count() -> None:

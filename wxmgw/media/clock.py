@@ -148,12 +148,20 @@ class PcmFramer:
         return len(self._pending)
 
     def push(self, pcm: Pcm) -> list[Pcm]:
-        """Append ``pcm``; return every complete frame, oldest first."""
-        buf = np.concatenate((self._pending, pcm)) if len(self._pending) else pcm
-        count = len(buf) // self._size
-        cut = count * self._size
-        self._pending = buf[cut:].copy()
-        return list(buf[:cut].reshape(count, self._size).copy())
+        """Append ``pcm``; return every complete frame, oldest first.
+
+        The frames are views of one array of the framer's own, never of
+        ``pcm``: the caller may reuse its buffer.
+        """
+        size = self._size
+        pending = self._pending
+        if len(pending) + len(pcm) < size:
+            self._pending = np.concatenate((pending, pcm))
+            return []
+        buf = np.concatenate((pending, pcm)) if len(pending) else pcm.copy()
+        cut = len(buf) - len(buf) % size
+        self._pending = buf[cut:]
+        return [buf[i : i + size] for i in range(0, cut, size)]
 
 
 class AudioFramer:
