@@ -34,7 +34,7 @@ import numpy as np
 
 from wxmgw.media.frames import AUDIO_RATE
 from wxmgw.nginx import NginxRtmp, free_port
-from wxmgw.run import ROOT, Stack, StackPorts
+from wxmgw.run import ROOT, GatewayPorts, Stack, StackPorts
 
 FLASH = 0.3
 """Seconds at the start of every second during which a mini-program flashes and sounds."""
@@ -281,9 +281,14 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
 
 
 def _legs(stack: Stack) -> tuple[int, int]:
-    with urllib.request.urlopen(stack.state_url, timeout=5) as resp:
-        state = json.load(resp)
-    return state["load"]["legs"], len(state["ports"]["inUse"])
+    """Legs and RTP ports in use, summed over the stack's gateways."""
+    legs = ports = 0
+    for url in stack.state_urls:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            state = json.load(resp)
+        legs += state["load"]["legs"]
+        ports += len(state["ports"]["inUse"])
+    return legs, ports
 
 
 Route = Callable[[MiniProgram, str], str]
@@ -354,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".run" / "demo")
     args = parser.parse_args(argv)
-    ports = StackPorts(free_port(), free_port(), free_port(), free_port(), free_port(),
-                       free_rtp_ports())
+    ports = StackPorts(free_port(), free_port(), free_port(),
+                       (GatewayPorts(free_port(), free_port(), free_rtp_ports()),))
     with tempfile.TemporaryDirectory() as tmp, Stack(ports, args.workdir) as stack:
         print(f"stack up (logs: {stack.workdir}/*.log); conference 'demo' for "
               f"{args.seconds:.0f} s")

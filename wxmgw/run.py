@@ -1,14 +1,18 @@
 """`make run`: the embedded local stack in the foreground.
 
-nginx-rtmp (the project's config, loopback), `wxmgw serve` and the callroute
-front in MAS-less mode, each its own process, all stopped by Ctrl-C or
-SIGTERM. Prints how to join a conference with curl and ffmpeg. `make demo`
-(:mod:`wxmgw.demo`) starts the same :class:`Stack`.
+nginx-rtmp (the project's config, loopback), one `wxmgw serve` per core and
+the callroute front in MAS-less mode, each its own process, all stopped by
+Ctrl-C or SIGTERM. A gateway runs on one gevent hub, so one core at most; the
+front gives each new conference to the least-loaded gateway, and a conference
+never spans two processes. Prints how to join a conference with curl and
+ffmpeg. `make demo` (:mod:`wxmgw.demo`) starts the same :class:`Stack` with
+one gateway.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from wxmgw.errors import InvalidArgument
 from wxmgw.nginx import NginxRtmp
+from wxmgw.ports import parse_port_range
 from wxmgw.procs import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HOWTO = """
 wxmgw is running (logs: {work}/*.log).
   live server     rtmp://127.0.0.1:{rtmp}/live   (stat: http://127.0.0.1:{stat}/stat)
-  wxmgw           thrift 127.0.0.1:{thrift}, state http://127.0.0.1:{status}/monitor/state
-  callroute front http://127.0.0.1:{front}/
+{gateways}
+  callroute front http://127.0.0.1:{front}/, places each conference on one gateway
 
 Join conference 123 as a mini-program:
   curl -s http://127.0.0.1:{front}/ -d '{{"id":"1","uuid":"alice","method":"wxjoinconf",
@@ -49,13 +55,46 @@ Ctrl-C stops everything.
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayPorts:
+    """Where one `wxmgw serve` listens, and its RTP port range."""
+
+    thrift: int = 9090
+    status: int = 9091
+    rtp: str = "30000-39999"
+
+    @property
+    def state_url(self) -> str:
+        return f"http://127.0.0.1:{self.status}/monitor/state"
+
+
+def gateway_ports(first: GatewayPorts, count: int) -> tuple[GatewayPorts, ...]:
+    """``count`` gateways from ``first``: each next one listens on Thrift and status ports 2
+    above the previous one's, and each takes its own of ``count`` equal, even-aligned parts
+    of ``first``'s RTP range."""
+    lo, hi = parse_port_range(first.rtp)
+    pairs = (hi - lo + 1) // 2 // count
+    if pairs < 1:
+        raise InvalidArgument(f"port range {first.rtp!r} holds fewer than {count} RTP pairs")
+    return tuple(
+        GatewayPorts(first.thrift + 2 * i, first.status + 2 * i,
+                     f"{lo + 2 * pairs * i}-{lo + 2 * pairs * (i + 1) - 1}")
+        for i in range(count))
+
+
+@dataclass(frozen=True, slots=True)
 class StackPorts:
     rtmp: int = 1935
     stat: int = 8088
-    thrift: int = 9090
-    status: int = 9091
     front: int = 8800
-    rtp: str = "30000-39999"
+    gateways: tuple[GatewayPorts, ...] = (GatewayPorts(),)
+
+    def __post_init__(self) -> None:
+        if not self.gateways:
+            raise ValueError("a stack needs at least one gateway")
+        tcp = [self.rtmp, self.stat, self.front,
+               *(port for g in self.gateways for port in (g.thrift, g.status))]
+        if len(set(tcp)) != len(tcp):
+            raise ValueError(f"the stack's TCP ports collide: {sorted(tcp)}")
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -80,7 +119,7 @@ class Stack:
         self.workdir = workdir.resolve()
         self.base = f"rtmp://127.0.0.1:{ports.rtmp}/live"
         self.front_url = f"http://127.0.0.1:{ports.front}/"
-        self.state_url = f"http://127.0.0.1:{ports.status}/monitor/state"
+        self.state_urls = [g.state_url for g in ports.gateways]
         self.nginx = NginxRtmp(self.workdir / "nginx", rtmp_port=ports.rtmp,
                                http_port=ports.stat, notify_url=f"{self.front_url}rtmp")
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -90,17 +129,19 @@ class Stack:
         work.mkdir(parents=True, exist_ok=True)
         try:
             self.nginx.start()
-            gateway = subprocess.Popen([
-                sys.executable, "-m", "wxmgw.cli", "serve", "--thrift-host", "127.0.0.1",
-                "--thrift-port", str(p.thrift), "--status-port", str(p.status),
-                "--rtp-ports", p.rtp, "--media-ip", "127.0.0.1",
-                "--log-file", str(work / "wxmgw.log"),
-            ])
-            self.procs.append(gateway)
-            _wait_http(self.state_url, gateway)
+            for n, g in enumerate(p.gateways, 1):
+                self.procs.append(subprocess.Popen([
+                    sys.executable, "-m", "wxmgw.cli", "serve", "--thrift-host", "127.0.0.1",
+                    "--thrift-port", str(g.thrift), "--status-port", str(g.status),
+                    "--rtp-ports", g.rtp, "--media-ip", "127.0.0.1",
+                    "--log-file", str(work / f"wxmgw-{n}.log"),
+                ]))
+            for url, gateway in zip(self.state_urls, self.procs, strict=True):
+                _wait_http(url, gateway)
+            spec = ",".join(f"127.0.0.1:{g.thrift}@{g.status}" for g in p.gateways)
             front = subprocess.Popen([
                 sys.executable, "-m", "callroute.cli", "serve", "--host", "127.0.0.1",
-                "--port", str(p.front), "--wxmgw", f"127.0.0.1:{p.thrift}@{p.status}",
+                "--port", str(p.front), "--wxmgw", spec,
                 "--rtmp-push-base", self.base, "--rtmp-play-base", self.base,
                 "--log-file", str(work / "callroute.log"),
             ])
@@ -138,14 +179,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wxmgw.run", description=__doc__)
     parser.add_argument("--rtmp-port", type=int, default=1935)
     parser.add_argument("--stat-port", type=int, default=8088)
-    parser.add_argument("--thrift-port", type=int, default=9090)
-    parser.add_argument("--status-port", type=int, default=9091)
+    parser.add_argument("--gateways", type=int, default=len(os.sched_getaffinity(0)),
+                        help="wxmgw processes, one per core (default: the cores this process "
+                             "may run on, %(default)s here)")
+    parser.add_argument("--thrift-port", type=int, default=9090,
+                        help="the first gateway's Thrift port; each next gateway takes 2 more "
+                             "(9090, 9092, ...)")
+    parser.add_argument("--status-port", type=int, default=9091,
+                        help="the first gateway's status port; each next gateway takes 2 more "
+                             "(9091, 9093, ...), so none collide while it is --thrift-port + 1; "
+                             "colliding ports are refused")
     parser.add_argument("--front-port", type=int, default=8800)
-    parser.add_argument("--rtp-ports", default="30000-39999")
+    parser.add_argument("--rtp-ports", default="30000-39999",
+                        help="split into equal, even-aligned parts, one per gateway")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".run")
     args = parser.parse_args(argv)
-    ports = StackPorts(args.rtmp_port, args.stat_port, args.thrift_port, args.status_port,
-                       args.front_port, args.rtp_ports)
+    if args.gateways < 1:
+        parser.error("--gateways must be at least 1")
+    try:
+        gateways = gateway_ports(GatewayPorts(args.thrift_port, args.status_port, args.rtp_ports),
+                                 args.gateways)
+        ports = StackPorts(args.rtmp_port, args.stat_port, args.front_port, gateways)
+    except (InvalidArgument, ValueError) as exc:
+        parser.error(str(exc))
     stack = Stack(ports, args.workdir)
     stopping = False
 
@@ -157,9 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         stack.start()
+        lines = "\n".join(
+            f"  {f'wxmgw {n}':<16}thrift 127.0.0.1:{g.thrift}, state {g.state_url}, RTP {g.rtp}"
+            for n, g in enumerate(gateways, 1))
         print(HOWTO.format(work=stack.workdir, rtmp=ports.rtmp, stat=ports.stat,
-                           thrift=ports.thrift, status=ports.status, front=ports.front),
-              flush=True)
+                           gateways=lines, front=ports.front), flush=True)
         while not stopping and stack.running:
             time.sleep(0.2)
     finally:
