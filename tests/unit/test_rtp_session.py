@@ -96,6 +96,37 @@ def test_a_lost_packet_is_nacked_and_resent_from_the_history(ports):
         receiver.close()
 
 
+def test_the_resend_history_keeps_its_seconds_only(ports):
+    """A second of history is a second of packets, whatever the rate: older ones are
+    forgotten (a NACK for them is missed), across the sequence number's wrap."""
+    now = [0.0]
+    pair = ports.allocate()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as mas:
+        mas.bind(("127.0.0.1", 0))
+        mas.settimeout(2)
+        sender = RtpSession(pair, "a", remote=mas.getsockname(), clock=lambda: now[0],
+                            send=SendConfig(ssrc=1234, payload_type=96, clock_rate=90000,
+                                            history=1.0))
+        sender._seq = 65500  # the 300 packets cross 65535 -> 0
+        sender.start()
+        try:
+            seqs = []
+            for i in range(300):  # 3 s at 100 packets a second
+                now[0] = i / 100
+                sender.send(bytes(1000), i * 900, True, media_time=i / 100)
+                seqs.append(int.from_bytes(mas.recv(2048)[2:4], "big"))
+            assert len(sender._history) <= 101  # ~100 KB, not 2048 packets' worth
+            nack = rtcp.compound([rtcp.ReceiverReport(99, []), rtcp.Nack(99, 1234,
+                                                                        [seqs[0], seqs[-5]])])
+            mas.sendto(nack, ("127.0.0.1", pair.port + 1))
+            resent = mas.recv(2048)
+            assert int.from_bytes(resent[2:4], "big") == seqs[-5]
+            gevent.sleep(0.05)
+            assert sender.stats.resent == 1 and sender.stats.resend_missed == 1
+        finally:
+            sender.close()
+
+
 def test_rfc4588_retransmission_is_unwrapped(ports):
     pair = ports.allocate()
     got: list = []

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -51,8 +52,8 @@ KEYFRAME_REQUEST_INTERVAL = 1.0
 RESEND_INTERVAL = 0.05
 #: Most packets resent per second (a token bucket): a NACK storm cannot double the stream.
 RESEND_RATE = 250
-#: Slots of the resend history (a power of two, past any second of video sent).
-_HISTORY_SLOTS = 2048
+#: Sequence numbers whose last resend is remembered before the old ones are forgotten.
+_RESENT_MEMORY = 2048
 _MAX_DATAGRAM = 65536
 
 Media = list[RtpPacket | Gap]
@@ -227,9 +228,10 @@ class RtpSession:
             if receive
             else None
         )
-        # Resend history: slot seq % _HISTORY_SLOTS -> (seq, datagram, when sent).
-        self._history: list[tuple[int, bytes, float] | None] | None = (
-            [None] * _HISTORY_SLOTS if send is not None and send.history > 0 else None
+        # Resend history: (seq, datagram, when sent) of the last ``history`` seconds, in
+        # sending order, so consecutive sequence numbers (a resend is not added again).
+        self._history: deque[tuple[int, bytes, float]] | None = (
+            deque() if send is not None and send.history > 0 else None
         )
         self._resent_at: dict[int, float] = {}
         self._resend_tokens = float(RESEND_RATE)
@@ -298,8 +300,13 @@ class RtpSession:
         rtp_ts = (self._ts_base + timestamp) & 0xFFFFFFFF
         seq = self._seq
         data = fixed_header(config.payload_type, marker, seq, rtp_ts, config.ssrc) + payload
-        if self._history is not None:
-            self._history[seq % _HISTORY_SLOTS] = (seq, data, self.clock())
+        history = self._history
+        if history is not None:
+            now = self.clock()
+            history.append((seq, data, now))
+            oldest = now - config.history
+            while history[0][2] < oldest:
+                history.popleft()
         self._seq = (seq + 1) & 0xFFFF
         self._last_sent = (rtp_ts, media_time)
         try:
@@ -491,13 +498,15 @@ class RtpSession:
         )
         self._resend_refill = now
         oldest = now - self.send_config.history
-        if len(self._resent_at) > _HISTORY_SLOTS:
+        if len(self._resent_at) > _RESENT_MEMORY:
             self._resent_at = {
                 s: t for s, t in self._resent_at.items() if now - t < RESEND_INTERVAL
             }
+        first = history[0][0] if history else 0
         for seq in lost:
-            slot = history[seq % _HISTORY_SLOTS]
-            if slot is None or slot[0] != seq or slot[2] < oldest or self._resend_tokens < 1:
+            at = (seq - first) & 0xFFFF
+            slot = history[at] if at < len(history) else None
+            if slot is None or slot[2] < oldest or self._resend_tokens < 1:
                 self.stats.resend_missed += 1
                 continue
             if now - self._resent_at.get(seq, -RESEND_INTERVAL) < RESEND_INTERVAL:
