@@ -21,6 +21,7 @@ from wxmgw import config as cfg  # noqa: E402
 from wxmgw import story  # noqa: E402
 from wxmgw.app import Gateway  # noqa: E402
 from wxmgw.errors import WxmgwError  # noqa: E402
+from wxmgw.hubloop import collect_io  # noqa: E402
 from wxmgw.logs import event, setup_logging  # noqa: E402
 
 logger = logging.getLogger("wxmgw")
@@ -37,6 +38,9 @@ def raise_fd_limit() -> None:
 def serve(config: cfg.Config) -> int:
     setup_logging(config.log_format, config.log_file)
     raise_fd_limit()
+    # False on gevent's libuv loop, which polls at once.
+    event(logger, "io_collect", interval=config.io_collect,
+          applied=collect_io(config.io_collect))
     gateway = Gateway(config)
     try:
         gateway.start()

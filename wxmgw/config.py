@@ -27,6 +27,8 @@ class Config:
     log_file: str | None = None
     log_format: str = "json"
     stats_interval: float = 10.0
+    # Seconds the hub waits before polling, so that one wakeup serves many legs (wxmgw.hubloop).
+    io_collect: float = 0.01
     # The journal of running legs, restored at start (README "Crashes and restarts").
     state_dir: str | None = None
     # A cluster: registered and journaled in Redis (README "A cluster").
@@ -87,6 +89,8 @@ class Config:
                 raise InvalidArgument(f"{name} must be 0-65535")
         if self.stats_interval <= 0:
             raise InvalidArgument("stats-interval must be positive")
+        if not 0 <= self.io_collect <= 0.05:
+            raise InvalidArgument("io-collect must be 0-0.05 seconds")
         if not 0 < self.video_jitter_window <= 5:
             raise InvalidArgument("video-jitter-window must be in (0, 5] seconds")
         if not 0 <= self.nack_retry < self.video_jitter_window:
@@ -142,6 +146,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("json", "text"), help="log format (json)")
     parser.add_argument("--stats-interval", type=float,
                         help="seconds between per-leg stats lines (10)")
+    parser.add_argument("--io-collect", type=float,
+                        help="seconds the hub waits before polling its sockets, so that one "
+                             "wakeup serves many legs; each message waits up to that much more "
+                             "(0.01; 0: poll at once)")
     parser.add_argument("--state-dir",
                         help="journal the running legs here and restore them at start (none)")
     parser.add_argument("--redis", help="redis://HOST:PORT/DB: register in the cluster and "
