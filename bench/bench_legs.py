@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -162,9 +163,9 @@ def added_latency(gw: GatewayProcess, kind: str) -> str:
 
 
 @contextmanager
-def gateway(tmp: Path, n: int) -> Iterator[tuple[GatewayProcess, Any]]:
-    """A fresh ``wxmgw serve`` and a Thrift client of it."""
-    gw = GatewayProcess(tmp, rtp_ports=4 * n + 8)
+def gateway(tmp: Path, n: int, args: Namespace) -> Iterator[tuple[GatewayProcess, Any]]:
+    """A fresh ``wxmgw serve`` (with ``--gateway-args``) and a Thrift client of it."""
+    gw = GatewayProcess(tmp, rtp_ports=4 * n + 8, extra=shlex.split(args.gateway_args))
     client = make_client(tpy.WxMgw, "127.0.0.1", gw.thrift_port, timeout=20000)
     try:
         yield gw, client
@@ -178,7 +179,7 @@ def gateway(tmp: Path, n: int) -> Iterator[tuple[GatewayProcess, Any]]:
 
 def rtmp2rtp_wxmgw(tmp: Path, live: NginxRtmp, n: int, run: int, args: Namespace) -> Result:
     peer = MasPeer()
-    with gateway(tmp, n) as (gw, client):
+    with gateway(tmp, n, args) as (gw, client):
         try:
             proc = psutil.Process(gw.proc.pid)
             idle = rss([proc])
@@ -218,7 +219,7 @@ def rtmp2rtp_ffmpeg(tmp: Path, live: NginxRtmp, n: int, run: int, args: Namespac
 
 def rtp2rtmp_wxmgw(tmp: Path, live: NginxRtmp, n: int, run: int, args: Namespace) -> Result:
     ports, urls = [], []
-    with gateway(tmp, n) as (gw, client):
+    with gateway(tmp, n, args) as (gw, client):
         proc = psutil.Process(gw.proc.pid)
         idle = rss([proc])
         for i in range(n):
@@ -328,6 +329,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--players", type=int, default=3, help="pushed streams played per side")
     parser.add_argument("--probe-seconds", type=float, default=8.0, help="twoway: Thrift probes")
+    parser.add_argument("--gateway-args", default="",
+                        help="more `wxmgw serve` flags, e.g. '--io-collect 0' (not twoway)")
     args = parser.parse_args()
     args.gateways = 1  # bench_capacity's setting
     kinds = args.kinds.split(",")
