@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from wxmgw.errors import ParseError
+from wxmgw.rtp.seq import seq_ahead
 
 SR = 200
 RR = 201
@@ -367,7 +368,7 @@ class Nack:
         for seq in self.lost:
             if entries:
                 pid, blp = entries[-1]
-                bit = (seq - pid - 1) & 0xFFFF
+                bit = seq_ahead(seq, pid + 1)
                 if bit < 16:
                     entries[-1] = (pid, blp | 1 << bit)
                     continue

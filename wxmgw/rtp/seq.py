@@ -14,9 +14,14 @@ SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
 
 
+def seq_ahead(a: int, b: int) -> int:
+    """How many numbers ``a`` comes after ``b``, counting forward only: in [0, 65535]."""
+    return (a - b) & 0xFFFF
+
+
 def seq_diff(a: int, b: int) -> int:
     """Signed distance ``a - b`` between two 16-bit sequence numbers, in [-32768, 32767]."""
-    d = (a - b) & 0xFFFF
+    d = seq_ahead(a, b)
     return d - SEQ_MOD if d >= 0x8000 else d
 
 

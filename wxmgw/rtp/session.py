@@ -43,7 +43,7 @@ from wxmgw.ports import PortPair
 from wxmgw.rtp import rtcp
 from wxmgw.rtp.jitter import Gap, JitterBuffer
 from wxmgw.rtp.packet import RtpPacket, fixed_header, is_rtcp
-from wxmgw.rtp.seq import TimestampUnwrapper
+from wxmgw.rtp.seq import TimestampUnwrapper, seq_ahead
 from wxmgw.supervise import Worker, worst
 
 RTCP_INTERVAL = 5.0
@@ -504,7 +504,7 @@ class RtpSession:
             }
         first = history[0][0] if history else 0
         for seq in lost:
-            at = (seq - first) & 0xFFFF
+            at = seq_ahead(seq, first)
             slot = history[at] if at < len(history) else None
             if slot is None or slot[2] < oldest or self._resend_tokens < 1:
                 self.stats.resend_missed += 1
