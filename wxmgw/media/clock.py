@@ -155,9 +155,6 @@ class PcmFramer:
         """
         size = self._size
         pending = self._pending
-        if len(pending) + len(pcm) < size:
-            self._pending = np.concatenate((pending, pcm))
-            return []
         buf = np.concatenate((pending, pcm)) if len(pending) else pcm.copy()
         cut = len(buf) - len(buf) % size
         self._pending = buf[cut:]
