@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from common import make_live_clip  # noqa: E402
+from common import LIVE_FPS, make_live_clip  # noqa: E402
 
 from wxmgw.legs.rtmp2rtp import AudioSender, VideoSender  # noqa: E402
 from wxmgw.media.clock import AudioFramer, ClockRules  # noqa: E402
@@ -70,7 +70,7 @@ def flv_tags(path: Path) -> Iterator[tuple[int, int, bytes]]:
 def media(clip: Path, seconds: float) -> list[Message]:
     """``seconds`` of the clip looped, as RTMP messages."""
     tags = list(flv_tags(clip))
-    period = tags[-1][1] + 1000 // 15
+    period = tags[-1][1] + 1000 // LIVE_FPS  # the last frame lasts one frame too
     out: list[Message] = []
     loop = 0
     while True:
