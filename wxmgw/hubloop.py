@@ -12,13 +12,61 @@ the I/O collect interval"). Each message then waits up to the interval more.
 
 gevent does not expose the call; its libev loop gives the ``struct ev_loop``
 address (``loop.ptr``), and its extension module exports libev's symbols.
+
+The interval is for media. A control socket (the Thrift port) should not wait
+for it: :func:`wake_on_input` has the kernel signal the hub's thread
+(``SIGIO``, ``O_ASYNC``) when bytes arrive on it. A signal that comes while
+libev sleeps before its poll (a ``nanosleep``, which a handled signal ends)
+cuts the sleep short; one that comes while the hub works makes the next poll
+come at once. Either way the request is read in the next wakeup, with the
+media that arrived meanwhile, and the interval applies again after it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import os
+import signal
+import socket
+import struct
+import threading
+from typing import Any, Final
 
 import gevent
+
+# Linux <fcntl.h>: F_SETOWN_EX with F_OWNER_TID sends the signal to one thread,
+# the hub's, whose sleep it must end (not to any thread of the process).
+_F_SETOWN_EX: Final = 15
+_F_OWNER_TID: Final = 0
+
+
+class _Collector:
+    """The hub loop's interval, dropped to 0 for one poll when a woken socket has input."""
+
+    def __init__(self, loop: Any, setter: Any) -> None:
+        self.interval = 0.0
+        self.thread = threading.get_native_id()  # the hub's: collect_io runs on it
+        self._loop, self._setter = loop, setter
+        # Check watchers run right after a poll: the one the signal asked for.
+        self._after_poll = loop.check(ref=False)
+
+    def set(self, interval: float) -> None:
+        self.interval = interval
+        self._setter(self._loop.ptr, interval)
+
+    def poll_now(self) -> None:
+        if self.interval > 0:
+            self._setter(self._loop.ptr, 0.0)
+            if not self._after_poll.active:
+                self._after_poll.start(self._restore)
+
+    def _restore(self) -> None:
+        self._after_poll.stop()
+        self._setter(self._loop.ptr, self.interval)
+
+
+_collector: _Collector | None = None
 
 
 def collect_io(interval: float) -> bool:
@@ -26,7 +74,9 @@ def collect_io(interval: float) -> bool:
 
     False when the hub does not run on gevent's libev loop (``GEVENT_LOOP``
     set to libuv), which has no such setting: the hub then polls at once.
+    Called from the main thread, where the hub runs and Python takes signals.
     """
+    global _collector
     try:
         from gevent.libev import corecext
     except ImportError:
@@ -34,8 +84,34 @@ def collect_io(interval: float) -> bool:
     loop = gevent.get_hub().loop
     if not isinstance(loop, corecext.loop):
         return False
-    setter = ctypes.CDLL(corecext.__file__).ev_set_io_collect_interval
-    setter.argtypes = (ctypes.c_void_p, ctypes.c_double)
-    setter.restype = None
-    setter(loop.ptr, interval)
+    if _collector is None:
+        setter = ctypes.CDLL(corecext.__file__).ev_set_io_collect_interval
+        setter.argtypes = (ctypes.c_void_p, ctypes.c_double)
+        setter.restype = None
+        _collector = _Collector(loop, setter)
+        signal.signal(signal.SIGIO, _woken)  # its default action ends the process
+    _collector.set(interval)
     return True
+
+
+def wake_on_input(sock: socket.socket) -> None:
+    """Have bytes (or a connection) arriving on ``sock`` bring the hub's next poll at once.
+
+    Nothing to do while the hub polls at once. A kernel without
+    ``F_SETOWN_EX`` signals the process instead: any of its threads may take
+    the signal, and then only the next poll comes at once.
+    """
+    if _collector is None or _collector.interval == 0:
+        return
+    fd = sock.fileno()
+    try:
+        fcntl.fcntl(fd, _F_SETOWN_EX, struct.pack("ii", _F_OWNER_TID, _collector.thread))
+    except OSError:
+        fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+
+
+def _woken(signum: int, frame: Any) -> None:
+    """Python runs this on the main thread, after the signal has ended any sleep."""
+    if _collector is not None:
+        _collector.poll_now()

@@ -40,6 +40,7 @@ from thriftpy2.transport import (
 from wxmgw.access import AllowList, redact
 from wxmgw.errors import ParseError
 from wxmgw.guard import GuardedWSGIServer, admit, peer_name
+from wxmgw.hubloop import wake_on_input
 from wxmgw.logs import event
 from wxmgw.service import WxMgwHandler
 from wxmgw.thrift import wxmgw_thrift
@@ -76,6 +77,7 @@ class ThriftServer:
 
     def start(self) -> None:
         self.server.start()
+        wake_on_input(self.server.socket)  # a connection or a request is not media: at once
 
     def stop(self, timeout: float = 2.0) -> None:
         self.server.stop(timeout=timeout)
@@ -85,6 +87,7 @@ class ThriftServer:
         if not admit(sock, address, self.allow, "thrift") or not self._make_room(peer):
             return
         sock.settimeout(self.idle_timeout)
+        wake_on_input(sock)
         self.waiting[sock] = _Waiting(peer, time.monotonic())
         reader = StreamReader(lambda n: self._recv(sock, n))
         trans = self.transport_factory.get_transport(TSocket(sock=sock))
@@ -181,6 +184,7 @@ class StatusServer:
 
     def start(self) -> None:
         self.server.start()
+        wake_on_input(self.server.socket)  # a connection or a request is not media: at once
 
     def stop(self, timeout: float = 1.0) -> None:
         self.server.stop(timeout=timeout)

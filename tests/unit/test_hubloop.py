@@ -5,10 +5,11 @@ from gevent import monkey
 monkey.patch_all()
 
 import socket  # noqa: E402
+from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
-from wxmgw.hubloop import collect_io  # noqa: E402
+from wxmgw.hubloop import collect_io, wake_on_input  # noqa: E402
 
 
 def test_datagrams_spread_over_time_are_read_in_few_wakeups():
@@ -37,3 +38,68 @@ def test_datagrams_spread_over_time_are_read_in_few_wakeups():
     # 20 datagrams 5 ms apart, polled at most every 50 ms: a few wakeups, not 20.
     assert wakeups <= 10, wakeups
 
+
+
+# A native thread, joined natively: the end of a hub thread-pool task wakes
+# the hub itself (an async watcher), and only after the collect sleep.
+_start_thread = monkey.get_original("_thread", "start_new_thread")
+_native_lock = monkey.get_original("_thread", "allocate_lock")
+_native_socket = monkey.get_original("socket", "socket")
+_native_sleep = monkey.get_original("time", "sleep")
+_native_monotonic = monkey.get_original("time", "monotonic")
+#: Long enough that a read which waited for it would be plain: nothing else is due.
+INTERVAL = 60.0
+
+
+def _send_later(to: tuple[str, int], delay: float) -> tuple[list[float], Any]:
+    """Send one byte to ``to`` from a native thread after ``delay``: (when it was sent, done)."""
+    sent_at: list[float] = []
+    done = _native_lock()
+    done.acquire()
+
+    def send() -> None:
+        with _native_socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            _native_sleep(delay)
+            sent_at.append(_native_monotonic())
+            tx.sendto(b"x", to)
+        done.release()
+
+    _start_thread(send, ())
+    return sent_at, done
+
+
+def test_input_on_a_woken_socket_ends_the_collect_sleep_at_once():
+    """A request on the Thrift port is read as it arrives, not after the interval."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        assert collect_io(INTERVAL)
+        try:
+            wake_on_input(rx)
+            sent_at, done = _send_later(rx.getsockname(), 0.5)  # the hub sleeps by then
+            assert rx.recv(16) == b"x"
+            read_at = _native_monotonic()
+            done.acquire()
+        finally:
+            collect_io(0.0)
+    assert read_at - sent_at[0] < INTERVAL / 2, "the byte waited for the interval"
+
+
+def test_input_while_the_hub_works_brings_the_next_poll_at_once():
+    """The signal comes while a greenlet holds the hub: the poll after it does not wait."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        assert collect_io(INTERVAL)
+        try:
+            wake_on_input(rx)
+            reader = gevent.spawn(rx.recv, 16)
+            gevent.sleep(0)  # the reader waits for its socket
+            _, done = _send_later(rx.getsockname(), 0.3)
+            gevent.spawn(_native_sleep, 1.0)  # holds the hub while the byte arrives
+            gevent.sleep(0)
+            worked_until = _native_monotonic()
+            assert reader.get() == b"x"
+            read_at = _native_monotonic()
+            done.acquire()
+        finally:
+            collect_io(0.0)
+    assert read_at - worked_until < INTERVAL / 2, "the byte waited for the interval"
