@@ -9,6 +9,7 @@ RTMP players; timed Thrift probes.
 
 from __future__ import annotations
 
+import multiprocessing
 import selectors
 import socket
 import struct
@@ -257,43 +258,66 @@ def push_probe_calls(uuid: str, url: str) -> list[tuple[str, Any]]:
 
 
 class Probe:
-    """Makes Thrift ``calls`` again and again from a thread, on its own connection.
+    """Makes Thrift ``calls`` again and again from a process of its own, on its own connection.
 
-    ``pause`` seconds after each round; ``durations`` holds every call's
-    round trip, a call that fails or times out counting as ``PROBE_TIMEOUT``
-    (the gateway is swamped), after which the probe connects again.
+    ``pause`` seconds after each round; ``durations`` (filled by :meth:`stop`)
+    holds every call's round trip, a call that fails or times out counting as
+    ``PROBE_TIMEOUT`` (the gateway is swamped), after which the probe connects
+    again. A process, not a thread: in this script's process the probe would
+    wait for the GIL behind the MAS peer's and the players' threads, and time
+    that wait as the gateway's.
     """
 
     def __init__(self, port: int, calls: list[tuple[str, Any]], pause: float) -> None:
         self.durations: list[float] = []
-        self._port, self._calls, self._pause = port, calls, pause
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        client = None
-        while not self._stop:
-            try:
-                if client is None:
-                    client = make_client(tpy.WxMgw, "127.0.0.1", self._port,
-                                         timeout=int(PROBE_TIMEOUT * 1000))
-                for method, req in self._calls:
-                    t0 = time.perf_counter()
-                    getattr(client, method)(req)
-                    self.durations.append(time.perf_counter() - t0)
-            except Exception:
-                self.durations.append(PROBE_TIMEOUT)
-                if client is not None:
-                    client.close()
-                client = None
-            time.sleep(self._pause)
-        if client is not None:
-            client.close()
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._stop = ctx.Event()
+        spec = [(method, type(req).__name__, dict(vars(req))) for method, req in calls]
+        self._proc = ctx.Process(target=_probe, args=(port, spec, pause, self._stop, child),
+                                 daemon=True)
+        self._proc.start()
+        if not self._conn.poll(30):  # the probe times from here: imports are done
+            self._proc.kill()
+            raise RuntimeError("the Thrift probe did not start")
+        self._conn.recv()
 
     def stop(self) -> None:
-        self._stop = True
-        self._thread.join(15)
+        if self._proc.pid is None or self._proc.exitcode is not None:
+            return
+        self._stop.set()
+        if self._conn.poll(PROBE_TIMEOUT + 10):
+            self.durations = self._conn.recv()
+        self._proc.join(5)
+        if self._proc.exitcode is None:
+            self._proc.kill()
+
+
+def _probe(port: int, spec: list[tuple[str, str, dict[str, Any]]], pause: float,
+           stop: Any, conn: Any) -> None:
+    """:class:`Probe`'s process: the calls until ``stop`` is set, then the durations to ``conn``."""
+    calls = [(method, getattr(tpy, kind)(**fields)) for method, kind, fields in spec]
+    durations: list[float] = []
+    client = None
+    conn.send("ready")
+    while not stop.is_set():
+        try:
+            if client is None:
+                client = make_client(tpy.WxMgw, "127.0.0.1", port,
+                                     timeout=int(PROBE_TIMEOUT * 1000))
+            for method, req in calls:
+                t0 = time.perf_counter()
+                getattr(client, method)(req)
+                durations.append(time.perf_counter() - t0)
+        except Exception:
+            durations.append(PROBE_TIMEOUT)
+            if client is not None:
+                client.close()
+            client = None
+        stop.wait(pause)
+    if client is not None:
+        client.close()
+    conn.send(durations)
 
 
 # -- a MAS: members' RTP in, the legs' RTP out ------------------------------------------------
