@@ -3,7 +3,9 @@
 ``nested``: answers ``connect`` with a ``_result`` of deeply nested AMF0
 objects (finding 2). ``chunk_streams``: plays along up to
 ``NetStream.Play.Start``, then interleaves 64 chunk streams, each with a
-1 MB message that never ends (finding 3). It speaks with the gateway's own
+1 MB message that never ends (finding 3). ``reset_after_publish``: answers
+``publish`` with ``NetStream.Publish.Start`` and resets the connection at
+once, as a live server going down does between the two. It speaks with the gateway's own
 pure chunk stream and AMF0 code; it runs in greenlets of the test process.
 """
 
@@ -45,7 +47,7 @@ class HostileRtmpServer:
     """Listens on a free loopback port; :attr:`connections` counts the sessions tried."""
 
     def __init__(self, mode: str) -> None:
-        assert mode in ("nested", "chunk_streams"), mode
+        assert mode in ("nested", "chunk_streams", "reset_after_publish"), mode
         self.mode = mode
         self.connections = 0
         self.sent_partial = 0  # bytes of never-ending messages sent
@@ -96,10 +98,13 @@ class HostileRtmpServer:
                 elif name in ("connect", "createStream"):
                     result = amf0.encode("_result", transaction, None, 1.0)
                     conn.sendall(writer.chunks(Message(COMMAND_AMF0, 0, 0, result), 3))
+                elif name == "publish" and self.mode == "reset_after_publish":
+                    conn.sendall(writer.chunks(_on_status("NetStream.Publish.Start"), 5))
+                    # No linger: the close sends a RST, the publisher's next send fails.
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
                 elif name == "play":
-                    status: amf0.Value = {"level": "status", "code": "NetStream.Play.Start"}
-                    body = amf0.encode("onStatus", 0.0, None, status)
-                    conn.sendall(writer.chunks(Message(COMMAND_AMF0, 1, 0, body), 5))
+                    conn.sendall(writer.chunks(_on_status("NetStream.Play.Start"), 5))
                     self._flood(conn, writer)
                     return
 
@@ -118,6 +123,12 @@ class HostileRtmpServer:
                 conn.sendall(head + body)
                 self.sent_partial += len(body)
         gevent.sleep(60)  # and then nothing: the messages never end
+
+
+def _on_status(code: str) -> Message:
+    """An ``onStatus`` command with ``code``, on the stream (id 1)."""
+    status: amf0.Value = {"level": "status", "code": code}
+    return Message(COMMAND_AMF0, 1, 0, amf0.encode("onStatus", 0.0, None, status))
 
 
 def _basic(fmt: int, csid: int) -> bytes:

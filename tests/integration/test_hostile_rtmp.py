@@ -13,6 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import gevent
+import numpy as np
 import pytest
 import thriftpy2
 from hostile_rtmp import HostileRtmpServer
@@ -20,7 +22,9 @@ from media_checks import wait_for
 from thriftpy2.rpc import make_client
 from wxmgw_proc import ROOT, GatewayProcess
 
+from wxmgw.media.frames import AudioFrame
 from wxmgw.media.rtmp_reader import RtmpReader
+from wxmgw.media.rtmp_writer import RtmpWriter
 from wxmgw.supervise import RECONNECTING
 
 tpy = thriftpy2.load(str(ROOT / "idl" / "wxmgw.thrift"), module_name="t_hostile_thrift")
@@ -50,6 +54,29 @@ def test_reader_outlives_a_hostile_server(server: HostileRtmpServer) -> None:
     finally:
         reader.close()
         assert reader.join(5)
+
+
+def test_a_publication_reset_as_it_starts_leaves_nothing_behind() -> None:
+    """The server accepts the publication and resets it before its first tag.
+
+    The session counts as one (the server took it), its failure is a
+    disconnect, and nothing of it is left: no greenlet reading a closed
+    client and crashing on it again and again.
+    """
+    server = HostileRtmpServer("reset_after_publish")
+    events: list[tuple[str, dict[str, Any]]] = []
+    writer = RtmpWriter(server.url(), name="t", on_event=lambda k, i: events.append((k, i)),
+                        video=False)
+    try:
+        writer.write_audio(AudioFrame(np.zeros(960, np.int16), 0.0), 0)
+        wait_for(lambda: any(kind == "disconnected" for kind, _ in events),
+                 what="the reset seen")
+        gevent.sleep(1.5)  # a left-over listener would have crashed, and again after 0.5 s
+        assert [kind for kind, _ in events] == ["connected", "disconnected"]
+        assert writer.stats.crashes == 0 and writer.state == RECONNECTING
+    finally:
+        writer.close()
+        server.close()
 
 
 def _refused(mode: str, error: str) -> bool:

@@ -176,18 +176,19 @@ class RtmpWriter(RtmpEndpoint):
     def _open(self, base_ms: int) -> _Publication | None:
         if time.monotonic() < self._retry_at:
             return None
+        encoder = AudioEncoder("AAC", self.aac_rate) if self.audio else None
         client = RtmpClient(self.url, self._timeout, self.limits)
         try:
             client.publish()
-            encoder = AudioEncoder("AAC", self.aac_rate) if self.audio else None
+            # The server took the publication: a session, even if its first tags fail.
+            self._connected()
+            self._event("connected", video=self.video, audio=self.audio)
             self._publication = _Publication(
                 client, encoder, self.video, base_ms, self.stats, self._crashed
             )
         except BaseException:
             client.close()
             raise
-        self._connected()
-        self._event("connected", video=self.video, audio=self.audio)
         return self._publication
 
     def _end(self) -> None:
@@ -220,7 +221,6 @@ class _Publication:
         self._client = client
         self._failure: BaseException | None = None
         self._on_crash = on_crash
-        self._listener = Worker(self._listen, self._listener_crashed)
         self._stats = stats
         self._base = base_ms
         self._encoder = encoder
@@ -233,6 +233,9 @@ class _Publication:
         self._metadata(0)
         if encoder is not None:
             self._tag(AUDIO, 0, flv.aac_sequence_header(encoder.extradata))
+        # Last: a publication whose first tags fail is never made, and so never
+        # closed; a listener of it would read its closed client for ever.
+        self._listener = Worker(self._listen, self._listener_crashed)
 
     def set_video(self, video: bool) -> None:
         """A new video source (its keyframe will bring a sequence header), or none."""

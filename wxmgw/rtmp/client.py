@@ -135,8 +135,7 @@ class RtmpClient:
                     break
                 if self._status(message) == "NetStream.Play.Start":
                     break
-        assert self._sock is not None
-        self._sock.settimeout(None)
+        self._socket().settimeout(None)
         self._stall_after = read_timeout
 
     def publish(self) -> None:
@@ -217,14 +216,21 @@ class RtmpClient:
             raise RtmpError(f"server speaks RTMP version {s0s1s2[0]}")
         self._sendall(s0s1s2[1 : 1 + _HANDSHAKE_SIZE])  # C2 echoes S1
 
+    def _socket(self) -> socket.socket:
+        """The session's socket; ``RtmpError`` once it is closed, which another
+        greenlet may do while this one waits (a writer's listener, say)."""
+        if self._sock is None:
+            raise RtmpError("the session is closed")
+        return self._sock
+
     def _next(self) -> Message:
         """The next message, protocol control handled here."""
         while True:
             while not self._pending:
-                assert self._sock is not None
+                sock = self._socket()
                 if self._stall_after is not None:
                     self._watch_stall(self._stall_after)
-                data = self._sock.recv(_RECV_SIZE)
+                data = sock.recv(_RECV_SIZE)
                 if not data:
                     raise RtmpError("connection closed by the server")
                 self._received(len(data))
@@ -310,16 +316,16 @@ class RtmpClient:
     def _sendall(self, data: bytes) -> None:
         # Not gevent's sendall(): it asks the kernel for SO_SNDBUF on every call,
         # a system call per message that cost as much as the send itself.
-        assert self._sock is not None
+        sock = self._socket()
         view = memoryview(data)
         while view:
-            view = view[self._sock.send(view) :]
+            view = view[sock.send(view) :]
 
     def _recv_exactly(self, n: int) -> bytes:
-        assert self._sock is not None
+        sock = self._socket()
         buf = bytearray()
         while len(buf) < n:
-            data = self._sock.recv(n - len(buf))
+            data = sock.recv(n - len(buf))
             if not data:
                 raise RtmpError("connection closed during the handshake")
             buf += data
