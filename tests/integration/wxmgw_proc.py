@@ -49,19 +49,27 @@ class GatewayProcess:
 
     def __init__(self, tmp: Path, *, transport: str = "buffered", rtp_ports: int = 40,
                  extra: list[str] | None = None) -> None:
-        self.thrift_port = free_port()
-        self.status_port = free_port()
-        self.rtp_lo, self.rtp_hi = free_port_range(rtp_ports)
-        self.log_path = tmp / f"wxmgw-{self.thrift_port}.log"
         self.transport = transport
-        self.args = [
-            sys.executable, "-m", "wxmgw.cli", "serve",
-            "--thrift-host", "127.0.0.1", "--thrift-port", str(self.thrift_port),
-            "--status-port", str(self.status_port), "--transport", transport,
-            "--rtp-ports", f"{self.rtp_lo}-{self.rtp_hi}", "--media-ip", "127.0.0.1",
-            "--log-file", str(self.log_path), "--log-format", "json", *(extra or []),
-        ]
-        self._launch()
+        for attempt in range(3):
+            # Free when chosen, but another process (a player's or a publisher's
+            # own connection) may take one before the gateway binds it: choose again.
+            self.thrift_port = free_port()
+            self.status_port = free_port()
+            self.rtp_lo, self.rtp_hi = free_port_range(rtp_ports)
+            self.log_path = tmp / f"wxmgw-{self.thrift_port}.log"
+            self.args = [
+                sys.executable, "-m", "wxmgw.cli", "serve",
+                "--thrift-host", "127.0.0.1", "--thrift-port", str(self.thrift_port),
+                "--status-port", str(self.status_port), "--transport", transport,
+                "--rtp-ports", f"{self.rtp_lo}-{self.rtp_hi}", "--media-ip", "127.0.0.1",
+                "--log-file", str(self.log_path), "--log-format", "json", *(extra or []),
+            ]
+            try:
+                self._launch()
+                return
+            except RuntimeError:
+                if attempt == 2 or "Address already in use" not in self.log():
+                    raise
 
     def _launch(self) -> None:
         self.proc = subprocess.Popen(self.args, cwd=ROOT,
