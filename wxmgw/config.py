@@ -28,7 +28,7 @@ class Config:
     log_format: str = "json"
     stats_interval: float = 10.0
     # Seconds the hub waits before polling, so that one wakeup serves many legs (wxmgw.hubloop).
-    io_collect: float = 0.01
+    io_collect: float = 0.02
     # The journal of running legs, restored at start (README "Crashes and restarts").
     state_dir: str | None = None
     # A cluster: registered and journaled in Redis (README "A cluster").
@@ -149,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--io-collect", type=float,
                         help="seconds the hub waits before polling its sockets, so that one "
                              "wakeup serves many legs; each message waits up to that much more "
-                             "(0.01; 0: poll at once)")
+                             "(0.02; 0: poll at once; Thrift requests do not wait)")
     parser.add_argument("--state-dir",
                         help="journal the running legs here and restore them at start (none)")
     parser.add_argument("--redis", help="redis://HOST:PORT/DB: register in the cluster and "
