@@ -34,6 +34,11 @@ stream), the gateway's own added latency (``/monitor/state``), and the
 1-minute load average at the start of each side (the machine is shared:
 the ratio inside one pair is the figure to trust). Results go to
 ``bench/out/legs.json``.
+
+``--against FLAGS`` pairs the gateway with itself instead: each run is the
+gateway with ``--gateway-args``, then with ``FLAGS``, under the same
+publishers or MAS, and the ratio is theirs. The machine drifts by ±20 %
+between runs; the two sides of a pair, a minute apart, much less.
 """
 
 from __future__ import annotations
@@ -298,6 +303,21 @@ SIDES: dict[str, tuple[Callable[..., Result], Callable[..., Result]]] = {
 PUBLISHED = {"rtmp2rtp", "twoway"}
 
 
+def sides(kind: str, args: Namespace) -> tuple[Callable[..., Result], Callable[..., Result]]:
+    """What a pair runs: the gateway, then the ffmpeg CLI or the gateway ``--against``."""
+    gateway_side, cli_side = SIDES[kind]
+    if not args.against:
+        return gateway_side, cli_side
+
+    def other(tmp: Path, live: NginxRtmp, n: int, run: int, args: Namespace) -> Result:
+        result = gateway_side(tmp, live, n, run, Namespace(**{**vars(args),
+                                                               "gateway_args": args.against}))
+        result.who = "other"
+        return result
+
+    return gateway_side, other
+
+
 # -- output -----------------------------------------------------------------------------------
 
 
@@ -309,9 +329,10 @@ def print_row(r: Result, ratio: float | None) -> None:
           flush=True)
 
 
-def summary(results: list[Result]) -> None:
+def summary(results: list[Result], against: str) -> None:
     """Per kind and N: the median over runs of each pair's ratio, and its range."""
-    print("\nratio wxmgw / ffmpeg CLI, CPU per leg (median of the pairs, [min, max]):")
+    other = f"wxmgw {against}" if against else "ffmpeg CLI"
+    print(f"\nratio wxmgw / {other}, CPU per leg (median of the pairs, [min, max]):")
     pairs: dict[tuple[str, int], list[float]] = {}
     for wx, ff in zip(results[0::2], results[1::2], strict=True):
         pairs.setdefault((wx.kind, wx.n), []).append(wx.pct / ff.pct)
@@ -331,7 +352,13 @@ def main() -> None:
     parser.add_argument("--probe-seconds", type=float, default=8.0, help="twoway: Thrift probes")
     parser.add_argument("--gateway-args", default="",
                         help="more `wxmgw serve` flags, e.g. '--io-collect 0' (not twoway)")
+    parser.add_argument("--against", default="",
+                        help="pair the gateway with these flags against itself with "
+                             "--gateway-args, in place of the ffmpeg CLI: the machine drifts "
+                             "between runs, the rounds of a pair do not (not twoway)")
     args = parser.parse_args()
+    if args.against and "twoway" in args.kinds:
+        parser.error("--against compares Rtmp2rtp and Rtp2rtmp legs only")
     args.gateways = 1  # bench_capacity's setting
     kinds = args.kinds.split(",")
     sys.setswitchinterval(0.001)  # the sender, peer and players share this process's GIL
@@ -357,13 +384,13 @@ def main() -> None:
                     wait_publishing(live, [f"mp{i}" for i in range(n)])
                 try:
                     for run in range(1, args.runs + 1):
-                        pair = [side(tmp, live, n, run, args) for side in SIDES[kind]]
+                        pair = [side(tmp, live, n, run, args) for side in sides(kind, args)]
                         for r in pair:
                             print_row(r, pair[0].pct / pair[1].pct if r.who == "wxmgw" else None)
                         results += pair
                 finally:
                     kill_all(publishers)
-    summary(results)
+    summary(results, args.against)
     print(f"total {time.monotonic() - started:.0f} s")
     OUT.parent.mkdir(exist_ok=True)
     args.member_clip = None
