@@ -91,13 +91,9 @@ class Worker:
     def dead(self) -> bool:
         return bool(self._greenlet.dead)
 
-    def kill(self, block: bool = False) -> None:
-        self._greenlet.kill(block=block)
-
-    @property
-    def running_here(self) -> bool:
-        """True when called from the worker's own greenlet (it cannot wait for itself)."""
-        return gevent.getcurrent() is self._greenlet
+    def kill(self) -> None:
+        """End the worker at the hub's next turn; the caller does not wait for it."""
+        self._greenlet.kill(block=False)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the worker has ended; True if it has."""

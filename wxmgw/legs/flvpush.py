@@ -289,8 +289,10 @@ class FlvPublisher:
         if self._closed:
             return
         self._closed = True
-        if self._worker is not None and not self._worker.running_here:
-            self._worker.kill(block=True)  # not in the middle of a send when the socket closes
+        if self._worker is not None:
+            # It ends at the hub's next turn; should it run once more before, the
+            # writer, closed below, sends nothing and takes a send cut short quietly.
+            self._worker.kill()
         self._unfollow_video()
         if self._audio is not None:
             self._audio.close()

@@ -157,7 +157,8 @@ class RtmpWriter(RtmpEndpoint):
 
     def _lost(self, error: BaseException) -> None:
         self._end()
-        self._retry_at = time.monotonic() + self._failed(error)
+        if not self._closing:  # a send that close() cut short is no failure
+            self._retry_at = time.monotonic() + self._failed(error)
 
     def _written(self, kind: str, arrived: float) -> None:
         """A frame is out: count it, and time it when it came from the network."""

@@ -244,6 +244,7 @@ class RtpSession:
         self._fir_seq = 0
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL
         self._workers: list[Worker] = []
+        self._readable: dict[Any, Any] = {}  # socket: its read watcher, see close()
         self.closed = False
         #: When the last media packet was taken (``clock``); the session's creation before.
         self.last_received = clock()
@@ -258,6 +259,10 @@ class RtpSession:
         loops = [self._read_rtcp, self._report_loop]
         if self.receive_config is not None or self.send_config is not None:
             loops.append(self._read_rtp)
+        loop = gevent.get_hub().loop
+        for sock in (self.pair.rtp, self.pair.rtcp):
+            sock.settimeout(0.0)  # a send that would block is dropped, counted as an error
+            self._readable[sock] = loop.io(sock.fileno(), 1)
         self._workers = [Worker(loop, partial(self._crashed, loop.__name__)) for loop in loops]
 
     def _crashed(self, loop: str, error: BaseException, retry_in: float) -> None:
@@ -273,18 +278,18 @@ class RtpSession:
     def close(self) -> None:
         """Stop sending and reading at once; the sockets belong to the pair's owner.
 
-        The readers are gone when this returns (unless it is called from one of
-        them): gevent defers closing a socket a greenlet still waits on, and the
-        owner releases the ports right after.
+        Nothing waits on the sockets when this returns, so the owner may close
+        them and release the ports at once: the readers wait on watchers of
+        their own (:meth:`_wait_readable`), stopped here, not in gevent's socket
+        calls, whose close is deferred while a greenlet waits in them. The
+        readers, killed, end at the hub's next turn without reading again.
         """
         self.closed = True
+        for watcher in self._readable.values():
+            watcher.stop()
         workers, self._workers = self._workers, []
-        wait = not any(w.running_here for w in workers)
         for worker in workers:
             worker.kill()
-        if wait:
-            for worker in workers:
-                worker.join()
 
     # -- sending -------------------------------------------------------------------
 
@@ -329,12 +334,12 @@ class RtpSession:
                 deadline = jitter.next_deadline()
                 if deadline is not None:
                     timeout = max(0.001, deadline - self.clock())
-            sock.settimeout(timeout)
             try:
                 data, addr = sock.recvfrom(_MAX_DATAGRAM)
-            except TimeoutError:
-                self._deliver()
-                self._send_nacks()
+            except BlockingIOError:
+                if not self._wait_readable(sock, timeout):
+                    self._deliver()
+                    self._send_nacks()
                 continue
             except OSError:
                 if self.closed or self.pair.closed:
@@ -449,12 +454,22 @@ class RtpSession:
         while not self.closed:
             try:
                 data, addr = sock.recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                self._wait_readable(sock, None)
+                continue
             except OSError:
                 if self.closed or self.pair.closed:
                     return
                 gevent.sleep(0.01)
                 continue
             self._on_rtcp(data, addr)
+
+    def _wait_readable(self, sock: Any, timeout: float | None) -> bool:
+        """Wait until ``sock`` has a datagram; False after ``timeout`` seconds without."""
+        with gevent.Timeout(timeout, False):
+            gevent.get_hub().wait(self._readable[sock])
+            return True
+        return False
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
