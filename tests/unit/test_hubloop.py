@@ -5,6 +5,8 @@ from gevent import monkey
 monkey.patch_all()
 
 import socket  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
@@ -68,38 +70,39 @@ def _send_later(to: tuple[str, int], delay: float) -> tuple[list[float], Any]:
     return sent_at, done
 
 
-def test_input_on_a_woken_socket_ends_the_collect_sleep_at_once():
-    """A request on the Thrift port is read as it arrives, not after the interval."""
+@contextmanager
+def _woken_socket() -> Iterator[socket.socket]:
+    """A bound UDP socket whose input wakes the hub, collecting every ``INTERVAL`` meanwhile."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
         rx.bind(("127.0.0.1", 0))
         assert collect_io(INTERVAL)
         try:
             wake_on_input(rx)
-            sent_at, done = _send_later(rx.getsockname(), 0.5)  # the hub sleeps by then
-            assert rx.recv(16) == b"x"
-            read_at = _native_monotonic()
-            done.acquire()
+            yield rx
         finally:
             collect_io(0.0)
+
+
+def test_input_on_a_woken_socket_ends_the_collect_sleep_at_once() -> None:
+    """A request on the Thrift port is read as it arrives, not after the interval."""
+    with _woken_socket() as rx:
+        sent_at, done = _send_later(rx.getsockname(), 0.5)  # the hub sleeps by then
+        assert rx.recv(16) == b"x"
+        read_at = _native_monotonic()
+        done.acquire()
     assert read_at - sent_at[0] < INTERVAL / 2, "the byte waited for the interval"
 
 
-def test_input_while_the_hub_works_brings_the_next_poll_at_once():
+def test_input_while_the_hub_works_brings_the_next_poll_at_once() -> None:
     """The signal comes while a greenlet holds the hub: the poll after it does not wait."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
-        rx.bind(("127.0.0.1", 0))
-        assert collect_io(INTERVAL)
-        try:
-            wake_on_input(rx)
-            reader = gevent.spawn(rx.recv, 16)
-            gevent.sleep(0)  # the reader waits for its socket
-            _, done = _send_later(rx.getsockname(), 0.3)
-            gevent.spawn(_native_sleep, 1.0)  # holds the hub while the byte arrives
-            gevent.sleep(0)
-            worked_until = _native_monotonic()
-            assert reader.get() == b"x"
-            read_at = _native_monotonic()
-            done.acquire()
-        finally:
-            collect_io(0.0)
+    with _woken_socket() as rx:
+        reader = gevent.spawn(rx.recv, 16)
+        gevent.sleep(0)  # the reader waits for its socket
+        _, done = _send_later(rx.getsockname(), 0.3)
+        gevent.spawn(_native_sleep, 1.0)  # holds the hub while the byte arrives
+        gevent.sleep(0)
+        worked_until = _native_monotonic()
+        assert reader.get() == b"x"
+        read_at = _native_monotonic()
+        done.acquire()
     assert read_at - worked_until < INTERVAL / 2, "the byte waited for the interval"
