@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -244,7 +245,7 @@ class RtpSession:
         self._fir_seq = 0
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL
         self._workers: list[Worker] = []
-        self._readable: dict[Any, Any] = {}  # socket: its read watcher, see close()
+        self._readable: dict[socket.socket, Any] = {}  # its read watcher (gevent's io), see close()
         self.closed = False
         #: When the last media packet was taken (``clock``); the session's creation before.
         self.last_received = clock()
@@ -464,7 +465,7 @@ class RtpSession:
                 continue
             self._on_rtcp(data, addr)
 
-    def _wait_readable(self, sock: Any, timeout: float | None) -> bool:
+    def _wait_readable(self, sock: socket.socket, timeout: float | None) -> bool:
         """Wait until ``sock`` has a datagram; False after ``timeout`` seconds without."""
         with gevent.Timeout(timeout, False):
             gevent.get_hub().wait(self._readable[sock])
