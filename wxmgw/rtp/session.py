@@ -260,10 +260,10 @@ class RtpSession:
         loops = [self._read_rtcp, self._report_loop]
         if self.receive_config is not None or self.send_config is not None:
             loops.append(self._read_rtp)
-        loop = gevent.get_hub().loop
+        hub_loop = gevent.get_hub().loop
         for sock in (self.pair.rtp, self.pair.rtcp):
             sock.settimeout(0.0)  # a send that would block is dropped, counted as an error
-            self._readable[sock] = loop.io(sock.fileno(), 1)
+            self._readable[sock] = hub_loop.io(sock.fileno(), 1)
         self._workers = [Worker(loop, partial(self._crashed, loop.__name__)) for loop in loops]
 
     def _crashed(self, loop: str, error: BaseException, retry_in: float) -> None:
