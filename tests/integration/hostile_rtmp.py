@@ -31,7 +31,7 @@ from wxmgw.rtmp.chunk import (
 NESTING = 5000
 STREAMS = 64
 MESSAGE = 1 << 20
-_CHUNK = 64 << 10
+CHUNK = 64 << 10
 _HANDSHAKE = 1536
 #: What the server itself takes from the gateway: plenty, it is not under test.
 _LAX = RtmpLimits(max_chunk_streams=1000)
@@ -110,10 +110,10 @@ class HostileRtmpServer:
 
     def _flood(self, conn: socket.socket, writer: ChunkWriter) -> None:
         """64 chunk streams, a 64 KiB chunk of each one's 1 MB message in turn, never ending."""
-        conn.sendall(writer.chunks(Message(SET_CHUNK_SIZE, 0, 0, struct.pack(">I", _CHUNK)), 2))
+        conn.sendall(writer.chunks(Message(SET_CHUNK_SIZE, 0, 0, struct.pack(">I", CHUNK)), 2))
         csids = range(4, 4 + STREAMS)
-        body = bytes(_CHUNK)
-        for n in range(MESSAGE // _CHUNK - 1):
+        body = bytes(CHUNK)
+        for n in range(MESSAGE // CHUNK - 1):
             for csid in csids:
                 if n == 0:  # type 0: a 1 MB video message starts
                     head = _basic(0, csid) + bytes(3) + MESSAGE.to_bytes(3, "big")
