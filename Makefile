@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := nginx libnginx-mod-rtmp ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base \
         gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
-        gstreamer1.0-libav thrift-compiler redis-server libnginx-mod-stream prometheus chromium
+        gstreamer1.0-libav thrift-compiler redis-server libnginx-mod-stream prometheus chromium gcc
 STAMP := $(VENV)/.installed
+# The compiled modules (setup.py): a change to one rebuilds them with the install.
+PYX := $(wildcard wxmgw/*/*.pyx)
 # node-media-server, the second live server of the tests, pinned by its package-lock.json.
 NMS := deploy/node-media-server
 NMS_STAMP := $(NMS)/node_modules/.package-lock.json
@@ -29,7 +31,7 @@ debs:
 	    $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml setup.py $(PYX)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'
@@ -72,4 +74,4 @@ bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .run bench/out
+	rm -rf $(VENV) build *.egg-info .run bench/out $(PYX:.pyx=.c) $(PYX:.pyx=.*.so)

@@ -1,4 +1,4 @@
-"""numpy audio DSP: G.711 tables against FFmpeg, the integer-ratio resamplers' response."""
+"""Audio DSP: G.711 tables against FFmpeg, the rate converter's response and streaming."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import av
 import numpy as np
 import pytest
 from av.audio.codeccontext import AudioCodecContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from wxmgw.media.dsp import G711, Decimator, Interpolator
-from wxmgw.media.frames import AUDIO_RATE, Pcm
+from wxmgw.media._resample import RateConverter
+from wxmgw.media.dsp import G711
+from wxmgw.media.frames import Pcm
 
 
 def tone(hz: float, rate: int, seconds: float = 0.5, amplitude: float = 10000) -> Pcm:
@@ -37,36 +40,66 @@ def test_g711_matches_ffmpeg_byte_for_byte(name: str) -> None:
     assert g711.encode(decoded) == expected  # decoding lands on a code's own value
 
 
-@pytest.mark.parametrize("factor", [6, 3, 2])
-def test_decimator_keeps_the_passband_and_stops_aliases(factor: int) -> None:
-    low = AUDIO_RATE // factor
-    pass_tone, alias_tone = tone(low * 0.3, AUDIO_RATE), tone(low * 0.75, AUDIO_RATE)
+#: (rate in, rate out): the RTP codecs to and from 48 kHz, and AAC's rates to all three.
+DOWN = [(48000, 8000), (48000, 16000), (48000, 24000), (44100, 8000), (44100, 16000),
+        (22050, 8000), (32000, 8000)]
+UP = [(8000, 48000), (16000, 48000), (24000, 48000), (44100, 48000), (22050, 48000)]
+
+
+def converted(rates: tuple[int, int], pcm: Pcm, step: int) -> Pcm:
+    convert = RateConverter(*rates)
+    return np.concatenate([convert(pcm[i : i + step]) for i in range(0, len(pcm), step)])
+
+
+@pytest.mark.parametrize("rates", DOWN)
+def test_downsampling_keeps_the_passband_and_stops_aliases(rates: tuple[int, int]) -> None:
+    rate, out = rates
+    pass_tone, alias_tone = tone(out * 0.3 / 2, rate), tone(out * 0.75, rate)
     for pcm, lo, hi in ((pass_tone, 0.95, 1.05), (alias_tone, 0.0, 0.001)):
-        down = Decimator(factor)
-        out = np.concatenate([down(pcm[i : i + 960]) for i in range(0, len(pcm), 960)])
-        assert len(out) == len(pcm) // factor
-        assert lo <= rms(out) / rms(pcm) <= hi
+        got = converted(rates, pcm, rate // 50)
+        assert len(got) == -(-len(pcm) * out // rate)
+        assert lo <= rms(got) / rms(pcm) <= hi
 
 
-@pytest.mark.parametrize("factor", [6, 3])
-def test_interpolator_keeps_the_tone_and_no_images(factor: int) -> None:
-    low = AUDIO_RATE // factor
-    pcm = tone(1000, low)
-    up = Interpolator(factor)
-    step = 960 // factor
-    out = np.concatenate([up(pcm[i : i + step]) for i in range(0, len(pcm), step)])
-    assert len(out) == len(pcm) * factor
-    assert 0.95 <= rms(out) / rms(pcm) <= 1.05
-    spectrum = np.abs(np.fft.rfft(out[len(out) // 4 :].astype(np.float64)))
-    freqs = np.fft.rfftfreq(len(out) - len(out) // 4, 1 / AUDIO_RATE)
+@pytest.mark.parametrize("rates", UP)
+def test_upsampling_keeps_the_tone_and_no_images(rates: tuple[int, int]) -> None:
+    rate, out = rates
+    pcm = tone(1000, rate)
+    got = converted(rates, pcm, rate // 50)
+    assert len(got) == -(-len(pcm) * out // rate)
+    assert 0.95 <= rms(got) / rms(pcm) <= 1.05
+    spectrum = np.abs(np.fft.rfft(got[len(got) // 4 :].astype(np.float64)))
+    freqs = np.fft.rfftfreq(len(got) - len(got) // 4, 1 / out)
     assert abs(freqs[np.argmax(spectrum)] - 1000) < 5
-    images = spectrum[freqs > low / 2].max()
+    images = spectrum[freqs > rate / 2].max()
     assert images < spectrum.max() / 1000  # images of the zero-stuffing below -60 dB
 
 
-def test_streaming_equals_one_call() -> None:
-    pcm = tone(440, AUDIO_RATE, 0.2)
-    whole = Decimator(6)(pcm)
-    down = Decimator(6)
-    pieces = np.concatenate([down(pcm[i : i + 960]) for i in range(0, len(pcm), 960)])
-    assert np.array_equal(whole, pieces)
+@settings(max_examples=60)
+@given(st.sampled_from(DOWN + UP), st.lists(st.integers(0, 5000), min_size=1, max_size=12))
+def test_the_output_does_not_depend_on_how_the_input_is_cut(
+        rates: tuple[int, int], cuts: list[int]) -> None:
+    """Any cuts, empty and longer than the converter's window included: the
+    output of one call, ``ceil(n * out / in)`` samples after ``n`` in all."""
+    pcm = tone(440, rates[0], 0.4)
+    whole = RateConverter(*rates)(pcm)
+    convert, pieces, at = RateConverter(*rates), [], 0
+    for cut in cuts:
+        pieces.append(convert(pcm[at : at + cut]))
+        at = min(at + cut, len(pcm))
+        assert sum(map(len, pieces)) == -(-at * rates[1] // rates[0])
+    pieces.append(convert(pcm[at:]))
+    assert np.array_equal(whole, np.concatenate(pieces))
+
+
+def test_float_samples_are_scaled_and_clipped() -> None:
+    """AAC's float planes: [-1, 1] times the scale is the int16 input's output;
+    beyond full scale, the output clips, and NaN does not crash it."""
+    pcm = tone(1000, 44100, 0.1)
+    ints = RateConverter(44100, 8000)(pcm)
+    floats = RateConverter(44100, 8000)((pcm / 32768.0).astype(np.float32), 32768.0)
+    assert np.abs(ints.astype(np.int32) - floats).max() <= 1
+    loud = RateConverter(48000, 8000)(np.full(960, 4.0, np.float32), 32768.0)
+    assert loud[-1] == 32767
+    odd = np.array([np.nan, np.inf, -np.inf] * 320, np.float32)
+    assert len(RateConverter(48000, 8000)(odd, 32768.0)) == 160

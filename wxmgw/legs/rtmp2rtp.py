@@ -33,7 +33,7 @@ from wxmgw.errors import WxmgwError
 from wxmgw.legs.base import Flow, Leg, LegContext, received
 from wxmgw.legs.flvpush import FlvPublisher
 from wxmgw.media.clock import RTP_RULES, AudioFramer, ClockRules, Placement, SampleClock
-from wxmgw.media.dsp import interpolator
+from wxmgw.media.dsp import rate_converter
 from wxmgw.media.frames import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_RATE,
@@ -254,7 +254,7 @@ class Rtmp2rtp(Leg):
         self._reader: RtmpReader | None = None
         self._audio_rate = AUDIO_RATE if params.mas_less else audio_codec(
             params.audio.codec).sample_rate
-        self._widen = interpolator(self._audio_rate, AUDIO_RATE)
+        self._widen = rate_converter(self._audio_rate, AUDIO_RATE)
         self._frames_in = {"video": 0, "audio": 0}
         self._frame_errors = 0
         self.last_error = ""

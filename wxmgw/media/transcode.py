@@ -3,11 +3,10 @@
 The codecs are FFmpeg's, through PyAV, except G.711, which is a pair of
 look-up tables filled from FFmpeg's coder (:mod:`wxmgw.media.dsp`). The
 gateway's internal format is mono 48 kHz int16 (see ``frames.py``); the RTP
-codecs sample at 8, 16 or 48 kHz, so those conversions are integer-ratio
-polyphase filters in numpy. Per-packet work stays in numpy because every PyAV
-call hands the GIL over to whichever worker thread waits for it, and on the
-hub that costs a wait (see ``dsp.py``); only AAC at a rate that does not
-divide 48 kHz goes through libswresample.
+codecs sample at 8, 16 or 48 kHz and AAC mostly at 44.1 kHz. Every rate
+change is the gateway's own compiled filter (``dsp.rate_converter``), not
+libswresample: PyAV's filter graph cost a push, a pull, an exception when
+empty and a ``Fraction`` per frame, twice the filtering itself.
 
 Every payload decoded comes from a peer (a mini-program's AAC through the
 live server, the MAS's RTP), and FFmpeg's decoders output what the payload
@@ -31,20 +30,23 @@ from typing import Final
 import av
 import av.error
 import numpy as np
+import numpy.typing as npt
 from av.audio.codeccontext import AudioCodecContext
 from av.audio.frame import AudioFrame
-from av.filter import Graph
 
 from wxmgw.codecs.aac import AudioSpecificConfig
 from wxmgw.errors import InvalidArgument, MediaError
+from wxmgw.media._resample import RateConverter
 from wxmgw.media.clock import PcmFramer
-from wxmgw.media.dsp import G711, Interpolator, decimator, interpolator
+from wxmgw.media.dsp import G711, rate_converter
 from wxmgw.media.frames import AUDIO_RATE, Pcm
 
 _PACKET_MS = 20
 _G711 = ("pcm_alaw", "pcm_mulaw")
 _NO_SAMPLES: Pcm = np.zeros(0, np.int16)
 _NO_SAMPLES.flags.writeable = False
+#: numpy's type of a sample of each format a decoder gives us (see ``_Declared``).
+_SAMPLE_TYPES: Final = {"fltp": np.float32, "flt": np.float32, "s16p": np.int16, "s16": np.int16}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,17 +156,16 @@ def audio_codec(name: str) -> CodecInfo:
 class AudioDecoder:
     """Decodes one stream's payloads to mono int16 at ``out_rate`` (48 kHz unless asked).
 
-    G.711 is a table look-up and 8, 16 or 24 kHz reach 48 kHz through
-    :class:`~wxmgw.media.dsp.Interpolator`: no FFmpeg call at all for PCMA
-    and PCMU, one per packet for G.722 and Opus. A rate that does not divide
-    ``out_rate`` (AAC at 44.1 kHz) goes through libswresample, straight to
-    it: a leg that only re-encodes to an 8 or 16 kHz codec asks for
-    that rate and saves the way through 48 kHz.
+    G.711 is a table look-up: no FFmpeg call at all for PCMA and PCMU, one
+    per packet for G.722 and Opus. Every rate reaches ``out_rate`` straight
+    through one :class:`~wxmgw.media._resample.RateConverter`: a leg that
+    only re-encodes to an 8 or 16 kHz codec asks for that rate and saves the
+    way through 48 kHz.
     """
 
     __slots__ = (
-        "_channels", "_ctx", "_declared", "_extradata", "_g711", "_in_rate", "_name", "_rate",
-        "_source", "_swr", "_up",
+        "_channels", "_convert", "_ctx", "_declared", "_extradata", "_g711", "_in_rate", "_name",
+        "_rate", "_source",
     )
 
     def __init__(
@@ -202,13 +203,12 @@ class AudioDecoder:
         self._channels = channels
         self._rate = out_rate
         self._source: tuple[str, str, int] | None = None
-        self._swr: Resampler | None = None
-        self._up: Interpolator | None = None
+        self._convert: RateConverter | None = None
         self._ctx: AudioCodecContext | None = None
         self._g711: G711 | None = None
         if ffmpeg_name in _G711 and channels == 1 and rate == 8000 and out_rate % rate == 0:
             self._g711 = G711(ffmpeg_name)
-            self._up = interpolator(rate, out_rate)
+            self._convert = rate_converter(rate, out_rate)
             return
         self._extradata = extradata
         self._in_rate = rate
@@ -241,7 +241,7 @@ class AudioDecoder:
             return _NO_SAMPLES
         if self._g711 is not None:  # one sample per byte, by construction
             pcm = self._g711.decode(payload)
-            return self._up(pcm) if self._up is not None else pcm
+            return self._convert(pcm) if self._convert is not None else pcm
         assert self._ctx is not None
         try:
             frames = self._ctx.decode(av.Packet(payload))
@@ -281,54 +281,11 @@ class AudioDecoder:
         # header): the conversion is chosen for one input format, so renew it.
         if source != self._source:
             self._source = source
-            rate, out = source[2], self._rate
-            divides = out % rate == 0
-            self._swr = None if divides else Resampler(frame, out)
-            self._up = interpolator(rate, out) if divides else None
-        if self._swr is not None:
-            return self._swr(frame)
-        pcm = _mono_s16(frame)
-        return self._up(pcm) if self._up is not None else pcm
-
-
-class Resampler:
-    """libswresample: frames of one input format to mono int16 at ``rate``.
-
-    The filter graph PyAV's ``AudioResampler`` builds (abuffer → aformat,
-    FFmpeg inserting the aresample), built once for ``source``'s format.
-    ``AudioResampler.resample`` pulls until the graph says EAGAIN, which
-    costs an exception per call, and ``to_ndarray`` copies each frame; but
-    aresample outputs at most one frame per frame pushed (FFmpeg
-    ``libavfilter/af_aresample.c``), so one pull per push is all there is,
-    and the samples are read off the frame's plane. The output is
-    ``AudioResampler``'s, sample for sample.
-    """
-
-    __slots__ = ("_graph",)
-
-    def __init__(self, source: AudioFrame, rate: int) -> None:
-        graph = Graph()
-        time_base = {} if source.time_base is None else {"time_base": str(source.time_base)}
-        buffer = graph.add("abuffer", sample_rate=str(source.sample_rate),
-                           sample_fmt=source.format.name, channel_layout=source.layout.name,
-                           **time_base)
-        convert = graph.add("aformat", sample_rates=str(rate), sample_fmts="s16",
-                            channel_layouts="mono")
-        sink = graph.add("abuffersink")
-        buffer.link_to(convert)
-        convert.link_to(sink)
-        graph.configure()
-        self._graph = graph
-
-    def __call__(self, frame: AudioFrame) -> Pcm:
-        """The samples ``frame`` completes (none while the filter fills its delay line)."""
-        self._graph.push(frame)
-        try:
-            out = self._graph.pull()
-        except BlockingIOError:  # EAGAIN: nothing out yet
-            return _NO_SAMPLES
-        assert isinstance(out, AudioFrame)
-        return np.frombuffer(memoryview(out.planes[0]), np.int16, out.samples)
+            self._convert = rate_converter(source[2], self._rate)
+        if self._convert is None:
+            return _mono_s16(frame)
+        samples = _mono(frame)
+        return self._convert(samples, 32768.0 if samples.dtype.kind == "f" else 1.0)
 
 
 def _joined(chunks: list[Pcm]) -> Pcm:
@@ -337,12 +294,24 @@ def _joined(chunks: list[Pcm]) -> Pcm:
     return np.concatenate(chunks) if chunks else _NO_SAMPLES
 
 
-def _mono_s16(frame: AudioFrame) -> Pcm:
-    """A decoded frame as mono int16: channels averaged, float samples scaled."""
+def _mono(frame: AudioFrame) -> npt.NDArray[np.float32] | Pcm:
+    """A decoded frame's samples as one channel, as they are (float32 or int16).
+
+    A mono frame of a known format (AAC's fltp, the RTP codecs' s16) is its
+    plane, read in place; more channels are averaged, in float32.
+    """
+    dtype = _SAMPLE_TYPES.get(frame.format.name)
+    if dtype is not None and frame.layout.nb_channels == 1:
+        return np.frombuffer(memoryview(frame.planes[0]), dtype, frame.samples)
     data = frame.to_ndarray()
     if not frame.format.is_planar:  # interleaved: one row, channels interleaved
-        data = data.reshape(-1, len(frame.layout.channels)).T
-    mono = data[0] if len(data) == 1 else data.mean(axis=0)
+        data = data.reshape(-1, frame.layout.nb_channels).T
+    return data[0] if len(data) == 1 else data.mean(axis=0, dtype=np.float32)
+
+
+def _mono_s16(frame: AudioFrame) -> Pcm:
+    """A decoded frame as mono int16: channels averaged, float samples scaled."""
+    mono = _mono(frame)
     if mono.dtype.kind == "f":
         return np.clip(np.rint(mono * 32768.0), -32768, 32767).astype(np.int16)
     return mono.astype(np.int16, copy=False)
@@ -355,7 +324,7 @@ class AudioEncoder:
     at 48 kHz, 960 (20 ms) for the RTP codecs, 1024 for AAC-LC at 48 kHz
     (3072 at 16 kHz). ``extradata`` is AAC's
     AudioSpecificConfig for the FLV sequence header, ``b""`` for the others.
-    G.711 is a table look-up after :class:`~wxmgw.media.dsp.Decimator`; the
+    G.711 is a table look-up after a :class:`~wxmgw.media._resample.RateConverter`; the
     others take one FFmpeg call per packet. Each 960 input samples make
     exactly one RTP packet from the first.
     """
@@ -388,7 +357,7 @@ class AudioEncoder:
         self.rate = rate
         if source_rate % rate:
             raise ValueError(f"{codec} at {rate} Hz from {source_rate} Hz: not a multiple")
-        self._down = decimator(source_rate, rate)
+        self._down = rate_converter(source_rate, rate)
         self.frame_samples = codec_frame * source_rate // rate
         self._framer = PcmFramer(self.frame_samples)
 

@@ -1,0 +1,18 @@
+"""Type stub of the compiled ``_resample.pyx``."""
+
+import numpy as np
+import numpy.typing as npt
+
+from wxmgw.media.frames import Pcm
+
+TAPS_PER_PHASE: int
+KAISER_BETA: float
+PASSBAND: float
+
+class RateConverter:
+    rate_in: int
+    rate_out: int
+    def __init__(self, rate_in: int, rate_out: int) -> None: ...
+    def __call__(
+        self, samples: Pcm | npt.NDArray[np.float32], scale: float = 1.0
+    ) -> Pcm: ...
