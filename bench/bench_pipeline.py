@@ -46,7 +46,8 @@ from wxmgw.media.frames import AudioFrame, Pcm  # noqa: E402
 from wxmgw.media.rtmp_reader import AUDIO_GAP, RtmpReader, _FlvToFrames  # noqa: E402
 from wxmgw.media.transcode import AudioDecoder, audio_codec  # noqa: E402
 from wxmgw.ports import PortAllocator, PortPair  # noqa: E402
-from wxmgw.rtmp.chunk import AUDIO, VIDEO, ChunkReader, ChunkWriter, Message  # noqa: E402
+from wxmgw.rtmp.chunk import AUDIO, VIDEO, ChunkWriter, Message  # noqa: E402
+from wxmgw.rtmp.chunkreader import ChunkReader  # noqa: E402
 from wxmgw.rtmp.flv import SEQUENCE_HEADER, AacPacket  # noqa: E402
 from wxmgw.rtp.session import RtpSession, SendConfig  # noqa: E402
 

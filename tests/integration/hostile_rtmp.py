@@ -21,11 +21,11 @@ from wxmgw.rtmp.chunk import (
     COMMAND_AMF0,
     SET_CHUNK_SIZE,
     VIDEO,
-    ChunkReader,
     ChunkWriter,
     Message,
     RtmpLimits,
 )
+from wxmgw.rtmp.chunkreader import ChunkReader
 
 #: Deep enough for Python's recursion limit, small enough for the command size cap (35 kB).
 NESTING = 5000

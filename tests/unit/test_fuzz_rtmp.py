@@ -26,11 +26,11 @@ from wxmgw.rtmp.chunk import (
     DATA_AMF0,
     SET_CHUNK_SIZE,
     VIDEO,
-    ChunkReader,
     ChunkWriter,
     Message,
     RtmpLimits,
 )
+from wxmgw.rtmp.chunkreader import ChunkReader
 from wxmgw.rtmp.commands import Command
 from wxmgw.rtmp.flv import AacPacket, AvcPacket
 

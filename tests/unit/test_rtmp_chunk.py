@@ -17,11 +17,11 @@ from wxmgw.rtmp.chunk import (
     DATA_AMF0,
     SET_CHUNK_SIZE,
     VIDEO,
-    ChunkReader,
     ChunkWriter,
     Message,
     RtmpLimits,
 )
+from wxmgw.rtmp.chunkreader import ChunkReader
 
 
 @pytest.mark.parametrize("chunk_size", [128, 4096, 7])

@@ -1,17 +1,18 @@
-"""The RTMP chunk stream (Adobe RTMP 1.0, §5.3): messages cut into chunks and put back together.
+r"""The RTMP chunk stream (Adobe RTMP 1.0, §5.3): messages cut into chunks and put back together.
 
-:class:`ChunkReader` takes received bytes and gives whole messages,
-:class:`ChunkWriter` the reverse; Set Chunk Size and Abort (§5.4.1, §5.4.2)
-are applied by the reader as they arrive. :class:`RtmpLimits` bound what a
-peer can make a session hold. Pure: no sockets, no gevent, no logging.
+:class:`~wxmgw.rtmp.chunkreader.ChunkReader` (compiled, every received byte
+goes through it) takes received bytes and gives whole :class:`Message`\ s,
+applying Set Chunk Size and Abort (§5.4.1, §5.4.2) as they arrive;
+:class:`ChunkWriter` does the reverse. :class:`RtmpLimits` bound what a peer
+can make a session hold. Pure: no sockets, no gevent, no logging.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
-from wxmgw.errors import InvalidArgument, ParseError
+from wxmgw.errors import InvalidArgument
 from wxmgw.rtmp import amf0
 
 # Message type ids (§5.4, §7.1).
@@ -96,130 +97,6 @@ class RtmpLimits:
 
 
 DEFAULT_LIMITS: Final = RtmpLimits()
-
-
-@dataclass(slots=True)
-class _InStream:
-    """What a chunk stream id remembers between chunks (§5.3.1.2)."""
-
-    timestamp: int = 0
-    delta: int = 0
-    length: int = 0
-    type_id: int = 0
-    stream_id: int = 0
-    extended: bool = False
-    body: bytearray = field(default_factory=bytearray)
-
-
-class ChunkReader:
-    """Chunks in, messages out; Set Chunk Size and Abort are applied as they arrive.
-
-    What it holds is bounded by ``limits``: a peer past one gets a
-    :class:`ParseError` as soon as the header that crosses it has arrived.
-    Past the buffered partial messages, it keeps at most one received
-    buffer's worth of bytes that do not make a whole chunk yet.
-    """
-
-    def __init__(self, limits: RtmpLimits = DEFAULT_LIMITS) -> None:
-        self.chunk_size = DEFAULT_CHUNK_SIZE
-        self.limits = limits
-        self._buf = bytearray()
-        self._streams: dict[int, _InStream] = {}
-        self._buffered = 0  # bytes of partial messages, all chunk streams together
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held: partial messages and received bytes not parsed yet."""
-        return self._buffered + len(self._buf)
-
-    def feed(self, data: bytes) -> list[Message]:
-        """Take received bytes; return the messages they complete, in order."""
-        self._buf += data
-        out: list[Message] = []
-        pos = 0
-        while (end := self._chunk(pos, out)) is not None:
-            pos = end
-        del self._buf[:pos]
-        return out
-
-    def _chunk(self, pos: int, out: list[Message]) -> int | None:
-        """Parse the chunk at ``pos``: its end, or None when it is not all there yet."""
-        buf = self._buf
-        if pos >= len(buf):
-            return None
-        fmt, csid = buf[pos] >> 6, buf[pos] & 0x3F
-        pos += 1
-        if csid < 2:  # 2- and 3-byte basic headers (§5.3.1.1)
-            size = 1 + csid
-            if pos + size > len(buf):
-                return None
-            csid = 64 + buf[pos] + (buf[pos + 1] << 8 if size == 2 else 0)
-            pos += size
-        header = _HEADER_SIZE[fmt]
-        if pos + header > len(buf):
-            return None
-        state = self._streams.get(csid)
-        if state is None:
-            if fmt != 0:
-                raise ParseError(f"chunk stream {csid} starts with a type {fmt} chunk")
-            if len(self._streams) >= self.limits.max_chunk_streams:
-                raise ParseError(f"more than {self.limits.max_chunk_streams} chunk streams")
-            state = self._streams[csid] = _InStream()
-        ts = int.from_bytes(buf[pos : pos + 3], "big") if fmt < 3 else 0
-        if fmt < 3:
-            state.extended = ts == _EXTENDED
-        if state.extended:
-            if pos + header + 4 > len(buf):
-                return None
-            ts = int.from_bytes(buf[pos + header : pos + header + 4], "big")
-        new_message = not state.body
-        length = state.length
-        if fmt < 2:
-            length = int.from_bytes(buf[pos + 3 : pos + 6], "big")
-            if length > self.limits.max_message(buf[pos + 6]):
-                raise ParseError(
-                    f"message of {length} bytes (type {buf[pos + 6]}) on chunk stream {csid}"
-                )
-        remaining = length if new_message else state.length - len(state.body)
-        take = min(self.chunk_size, remaining)
-        if self._buffered + take > self.limits.max_buffered:
-            raise ParseError(f"more than {self.limits.max_buffered} bytes of partial messages")
-        start = pos + header + (4 if state.extended else 0)
-        if start + take > len(buf):
-            return None
-        # The chunk is all there: only now update the stream's state.
-        if fmt < 2:
-            state.length = length
-            state.type_id = buf[pos + 6]
-        if fmt == 0:
-            state.stream_id = int.from_bytes(buf[pos + 7 : pos + 11], "little")
-            state.timestamp, state.delta = ts, 0
-        elif fmt < 3 or (new_message and state.extended):
-            state.delta = ts
-            state.timestamp = (state.timestamp + ts) & 0xFFFFFFFF
-        elif new_message:  # type 3 starting a message: the previous delta again
-            state.timestamp = (state.timestamp + state.delta) & 0xFFFFFFFF
-        state.body += buf[start : start + take]
-        self._buffered += take
-        if len(state.body) >= state.length:
-            message = Message(state.type_id, state.stream_id, state.timestamp, bytes(state.body))
-            self._buffered -= len(state.body)
-            state.body.clear()
-            self._control(message)
-            out.append(message)
-        return start + take
-
-    def _control(self, message: Message) -> None:
-        if message.type_id == SET_CHUNK_SIZE and len(message.payload) >= 4:
-            size = int.from_bytes(message.payload[:4], "big") & _MAX_CHUNK_SIZE
-            if size < 1:
-                raise ParseError("chunk size 0")
-            self.chunk_size = size
-        elif message.type_id == ABORT and len(message.payload) >= 4:
-            state = self._streams.get(int.from_bytes(message.payload[:4], "big"))
-            if state is not None:
-                self._buffered -= len(state.body)
-                state.body.clear()
 
 
 class ChunkWriter:

@@ -41,11 +41,11 @@ from wxmgw.rtmp.chunk import (
     USER_CONTROL,
     VIDEO,
     WINDOW_ACK_SIZE,
-    ChunkReader,
     ChunkWriter,
     Message,
     RtmpLimits,
 )
+from wxmgw.rtmp.chunkreader import ChunkReader
 from wxmgw.rtmp.commands import Command
 from wxmgw.rtmp.url import RtmpUrl
 
