@@ -11,7 +11,7 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
-from wxmgw.hubloop import collect_io, wake_on_input  # noqa: E402
+from wxmgw.hubloop import collect_io, wait_watcher, wake_on_input  # noqa: E402
 
 
 def test_datagrams_spread_over_time_are_read_in_few_wakeups():
@@ -106,3 +106,19 @@ def test_input_while_the_hub_works_brings_the_next_poll_at_once() -> None:
         read_at = _native_monotonic()
         done.acquire()
     assert read_at - worked_until < INTERVAL / 2, "the byte waited for the interval"
+
+
+def test_wait_watcher_answers_the_watcher_or_the_timeout_and_leaves_both_stopped():
+    loop = gevent.get_hub().loop
+    a, b = socket.socketpair()
+    with a, b:
+        readable = loop.io(a.fileno(), 1)
+        assert not wait_watcher(readable, 0.01)  # nothing to read
+        b.send(b"x")
+        assert wait_watcher(readable, 5.0) and not readable.active
+        assert a.recv(1) == b"x"
+        waiting = gevent.spawn(wait_watcher, readable, None)
+        gevent.sleep(0.01)
+        assert readable.active
+        waiting.kill()  # a reader killed in its wait (a session closed)
+        assert not readable.active and waiting.dead

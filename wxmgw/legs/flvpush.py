@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+import gevent
 import numpy as np
 from gevent.event import Event
 
@@ -352,11 +353,23 @@ class FlvPublisher:
             else:
                 deadline = av.next_deadline()
                 if deadline is None or deadline > now:
-                    self._ready.clear()
-                    if self._ready.wait(None if deadline is None else deadline - now):
-                        continue  # a frame, or a new video source
-                out = av.tick(self._clock())
+                    self._wait(None if deadline is None else deadline - now)
+                    continue  # a frame, a new video source or the deadline
+                out = av.tick(now)
             self._write(out)
+
+    def _wait(self, timeout: float | None) -> None:
+        """Until a source brings something, or ``timeout`` seconds (without a
+        ``gevent.Timeout`` per wait: a timer of the hub's sets ``_ready``)."""
+        self._ready.clear()
+        timer = None if timeout is None else gevent.get_hub().loop.timer(timeout)
+        if timer is not None:
+            timer.start(self._ready.set)
+        try:
+            self._ready.wait()
+        finally:
+            if timer is not None:
+                timer.close()
 
     def _next_video(self) -> VideoFrame | None:
         """The next video frame to interleave; after frames were lost, from a keyframe on."""

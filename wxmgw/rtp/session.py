@@ -40,6 +40,7 @@ from typing import Any
 import gevent
 
 from wxmgw.errors import ParseError
+from wxmgw.hubloop import wait_watcher
 from wxmgw.ports import PortPair
 from wxmgw.rtp import rtcp
 from wxmgw.rtp.jitter import Gap, JitterBuffer
@@ -467,10 +468,7 @@ class RtpSession:
 
     def _wait_readable(self, sock: socket.socket, timeout: float | None) -> bool:
         """Wait until ``sock`` has a datagram; False after ``timeout`` seconds without."""
-        with gevent.Timeout(timeout, False):
-            gevent.get_hub().wait(self._readable[sock])
-            return True
-        return False
+        return wait_watcher(self._readable[sock], timeout)
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
