@@ -1,4 +1,4 @@
-"""Type stub of the compiled ``_resample.pyx``."""
+"""Type stub of the compiled ``_dsp.pyx``."""
 
 import numpy as np
 import numpy.typing as npt
@@ -16,3 +16,6 @@ class RateConverter:
     def __call__(
         self, samples: Pcm | npt.NDArray[np.float32], scale: float = 1.0
     ) -> Pcm: ...
+
+def g711_encode(table: npt.NDArray[np.uint8], pcm: Pcm) -> bytes: ...
+def g711_decode(table: Pcm, payload: bytes) -> Pcm: ...

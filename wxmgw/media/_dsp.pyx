@@ -1,17 +1,21 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Streaming rational-ratio rate conversion: every rate change of the gateway's audio.
+"""The compiled half of :mod:`wxmgw.media.dsp`: what runs on every audio packet or frame.
 
-A polyphase windowed-sinc FIR (Kaiser window), compiled: AAC's 44.1 kHz to
-8, 16 or 48 kHz on every pull leg, and the integer ratios between the RTP
-codecs' 8 or 16 kHz and the internal 48 kHz. One call per 20 ms frame or AAC
-frame, so the filter itself is the work: a tight loop with eight partial
-sums, no Python objects per sample. The design is in ``_bank``; see
-:class:`RateConverter`.
+* :class:`RateConverter`, every rate change of the gateway's audio: a
+  streaming rational-ratio polyphase windowed-sinc FIR (Kaiser window) for
+  AAC's 44.1 kHz to 8, 16 or 48 kHz on every pull leg, and for the integer
+  ratios between the RTP codecs' 8 or 16 kHz and the internal 48 kHz. One
+  call per 20 ms frame or AAC frame, so the filter itself is the work: a
+  tight loop with eight partial sums, no Python objects per sample. The
+  design is in ``_bank``.
+* :func:`g711_encode` and :func:`g711_decode` apply G.711's look-up tables
+  (filled from FFmpeg's coder by ``dsp.G711``) to a 20 ms packet: a C loop
+  instead of numpy's fancy indexing, a quarter of its time for 160 samples.
 """
 
 import numpy as np
 
-cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.math cimport lrintf
 from libc.string cimport memcpy
 
@@ -137,3 +141,28 @@ cdef class RateConverter:
         if count:
             memcpy(&buf[0], &buf[count], keep * sizeof(float))
         return out
+
+
+def g711_encode(const unsigned char[::1] table not None, const short[:] pcm not None):
+    """``pcm`` through an encoding table of 65536 entries (indexed by the sample's
+    16 bits, unsigned): one byte per sample."""
+    if table.shape[0] != 65536:
+        raise ValueError("a G.711 encoding table has 65536 entries")
+    cdef Py_ssize_t count = pcm.shape[0], i
+    out = PyBytes_FromStringAndSize(NULL, count)
+    cdef unsigned char *code = <unsigned char *>PyBytes_AS_STRING(out)
+    for i in range(count):
+        code[i] = table[<unsigned short>pcm[i]]
+    return out
+
+
+def g711_decode(const short[::1] table not None, const unsigned char[::1] payload not None):
+    """``payload``'s bytes through a decoding table of 256 entries: int16, one sample a byte."""
+    if table.shape[0] != 256:
+        raise ValueError("a G.711 decoding table has 256 entries")
+    cdef Py_ssize_t count = payload.shape[0], i
+    out = np.empty(count, np.int16)
+    cdef short[::1] pcm = out
+    for i in range(count):
+        pcm[i] = table[payload[i]]
+    return out

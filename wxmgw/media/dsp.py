@@ -7,11 +7,12 @@ back the GIL; when the RTMP legs still ran native threads, that made 62 % of
 the process's CPU kernel scheduling at 10 pull legs. Nothing below releases
 the GIL, and a 20 ms packet takes a few microseconds.
 
-* G.711 (A-law, µ-law) are numpy table look-ups; the tables are filled once
-  from FFmpeg's own coder, so the bytes are FFmpeg's exactly.
+* G.711 (A-law, µ-law) are table look-ups (compiled, ``_dsp.pyx``); the
+  tables are filled once from FFmpeg's own coder, so the bytes are FFmpeg's
+  exactly.
 * Every rate change, integer ratio (the RTP codecs' 8 or 16 kHz to and from
   the internal 48 kHz) or not (AAC's 44.1 kHz), is a compiled polyphase
-  windowed-sinc FIR, :class:`~wxmgw.media._resample.RateConverter`. It
+  windowed-sinc FIR, :class:`~wxmgw.media._dsp.RateConverter`. It
   streams and answers ``ceil(n * out / in)`` samples for ``n`` in all: 960
   samples at 48 kHz are one 160- or 320-sample packet from the first call on.
 """
@@ -25,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from av.audio.codeccontext import AudioCodecContext
 
-from wxmgw.media._resample import RateConverter
+from wxmgw.media._dsp import RateConverter, g711_decode, g711_encode
 from wxmgw.media.frames import Pcm
 
 
@@ -43,10 +44,10 @@ class G711:
         self._encode, self._decode = _g711_tables(ffmpeg_name)
 
     def encode(self, pcm: Pcm) -> bytes:
-        return self._encode[pcm.view(np.uint16)].tobytes()
+        return g711_encode(self._encode, pcm)
 
     def decode(self, payload: bytes) -> Pcm:
-        return self._decode[np.frombuffer(payload, np.uint8)]
+        return g711_decode(self._decode, payload)
 
 
 @functools.cache

@@ -36,7 +36,7 @@ from av.audio.frame import AudioFrame
 
 from wxmgw.codecs.aac import AudioSpecificConfig
 from wxmgw.errors import InvalidArgument, MediaError
-from wxmgw.media._resample import RateConverter
+from wxmgw.media._dsp import RateConverter
 from wxmgw.media.clock import PcmFramer
 from wxmgw.media.dsp import G711, rate_converter
 from wxmgw.media.frames import AUDIO_RATE, Pcm
@@ -158,7 +158,7 @@ class AudioDecoder:
 
     G.711 is a table look-up: no FFmpeg call at all for PCMA and PCMU, one
     per packet for G.722 and Opus. Every rate reaches ``out_rate`` straight
-    through one :class:`~wxmgw.media._resample.RateConverter`: a leg that
+    through one :class:`~wxmgw.media._dsp.RateConverter`: a leg that
     only re-encodes to an 8 or 16 kHz codec asks for that rate and saves the
     way through 48 kHz.
     """
@@ -324,7 +324,7 @@ class AudioEncoder:
     at 48 kHz, 960 (20 ms) for the RTP codecs, 1024 for AAC-LC at 48 kHz
     (3072 at 16 kHz). ``extradata`` is AAC's
     AudioSpecificConfig for the FLV sequence header, ``b""`` for the others.
-    G.711 is a table look-up after a :class:`~wxmgw.media._resample.RateConverter`; the
+    G.711 is a table look-up after a :class:`~wxmgw.media._dsp.RateConverter`; the
     others take one FFmpeg call per packet. Each 960 input samples make
     exactly one RTP packet from the first.
     """
