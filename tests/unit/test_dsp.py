@@ -95,12 +95,16 @@ def test_the_output_does_not_depend_on_how_the_input_is_cut(
 
 def test_float_samples_are_scaled_and_clipped() -> None:
     """AAC's float planes: [-1, 1] times the scale is the int16 input's output;
-    beyond full scale, the output clips, and NaN does not crash it."""
+    beyond full scale, the output clips, and NaN does not crash it. Strided
+    input is read as it is."""
     pcm = tone(1000, 44100, 0.1)
     ints = RateConverter(44100, 8000)(pcm)
     floats = RateConverter(44100, 8000)((pcm / 32768.0).astype(np.float32), 32768.0)
     assert np.abs(ints.astype(np.int32) - floats).max() <= 1
     loud = RateConverter(48000, 8000)(np.full(960, 4.0, np.float32), 32768.0)
     assert loud[-1] == 32767
+    wide = tone(1000, 96000, 0.1)
+    assert np.array_equal(RateConverter(48000, 8000)(wide[::2]),  # a strided view
+                          RateConverter(48000, 8000)(wide[::2].copy()))
     odd = np.array([np.nan, np.inf, -np.inf] * 320, np.float32)
     assert len(RateConverter(48000, 8000)(odd, 32768.0)) == 160

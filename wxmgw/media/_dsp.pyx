@@ -103,7 +103,7 @@ cdef class RateConverter:
             return self._convert[short](samples, scale)
         return self._convert[float](samples, scale)
 
-    cdef _convert(self, const sample_t[::1] samples, float scale):
+    cdef _convert(self, const sample_t[:] samples, float scale):
         cdef Py_ssize_t count = samples.shape[0], i, j, n, start
         cdef int up = self._up, taps = self._taps, keep = self._taps - 1
         cdef long long at = self._next, end
