@@ -206,7 +206,7 @@ class AudioDecoder:
         self._convert: RateConverter | None = None
         self._ctx: AudioCodecContext | None = None
         self._g711: G711 | None = None
-        if ffmpeg_name in _G711 and channels == 1 and rate == 8000 and out_rate % rate == 0:
+        if ffmpeg_name in _G711 and channels == 1 and rate == 8000:
             self._g711 = G711(ffmpeg_name)
             self._convert = rate_converter(rate, out_rate)
             return
