@@ -118,6 +118,12 @@ def _woken(signum: int, frame: Any) -> None:
         _collector.poll_now()
 
 
+#: libev's priority for the watchers of media sockets (RTP): below the
+#: default, so that in a wakeup that serves many legs at once a control
+#: socket's watcher (a Thrift request, the default 0) runs before theirs.
+MEDIA_PRIORITY: Final = -1
+
+
 def wait_watcher(watcher: Any, timeout: float | None) -> bool:
     """Wait in this greenlet until ``watcher`` (a stopped libev watcher, such as
     ``loop.io``) fires: True; False when ``timeout`` seconds pass first.

@@ -40,7 +40,7 @@ from typing import Any
 import gevent
 
 from wxmgw.errors import ParseError
-from wxmgw.hubloop import wait_watcher
+from wxmgw.hubloop import MEDIA_PRIORITY, wait_watcher
 from wxmgw.ports import PortPair
 from wxmgw.rtp import rtcp
 from wxmgw.rtp.jitter import Gap, JitterBuffer
@@ -264,7 +264,7 @@ class RtpSession:
         hub_loop = gevent.get_hub().loop
         for sock in (self.pair.rtp, self.pair.rtcp):
             sock.settimeout(0.0)  # a send that would block is dropped, counted as an error
-            self._readable[sock] = hub_loop.io(sock.fileno(), 1)
+            self._readable[sock] = hub_loop.io(sock.fileno(), 1, priority=MEDIA_PRIORITY)
         self._workers = [Worker(loop, partial(self._crashed, loop.__name__)) for loop in loops]
 
     def _crashed(self, loop: str, error: BaseException, retry_in: float) -> None:
