@@ -283,8 +283,8 @@ class AudioDecoder:
             self._source = source
             self._convert = rate_converter(source[2], self._rate)
         if self._convert is None:
-            return _mono_s16(frame)
-        samples = _mono(frame)
+            return _mono_s16(frame, source)
+        samples = _mono(frame, source)
         return self._convert(samples, 32768.0 if samples.dtype.kind == "f" else 1.0)
 
 
@@ -294,14 +294,16 @@ def _joined(chunks: list[Pcm]) -> Pcm:
     return np.concatenate(chunks) if chunks else _NO_SAMPLES
 
 
-def _mono(frame: AudioFrame) -> npt.NDArray[np.float32] | Pcm:
+def _mono(frame: AudioFrame, source: tuple[str, str, int]) -> npt.NDArray[np.float32] | Pcm:
     """A decoded frame's samples as one channel, as they are (float32 or int16).
 
-    A mono frame of a known format (AAC's fltp, the RTP codecs' s16) is its
-    plane, read in place; more channels are averaged, in float32.
+    ``source`` is the frame's format, layout and rate as ``_check`` read them
+    (each PyAV attribute read makes an object). A mono frame of a known
+    format (AAC's fltp, the RTP codecs' s16) is its plane, read in place;
+    more channels are averaged, in float32.
     """
-    dtype = _SAMPLE_TYPES.get(frame.format.name)
-    if dtype is not None and frame.layout.nb_channels == 1:
+    dtype = _SAMPLE_TYPES.get(source[0])
+    if dtype is not None and source[1] == "mono":
         return np.frombuffer(memoryview(frame.planes[0]), dtype, frame.samples)
     data = frame.to_ndarray()
     if not frame.format.is_planar:  # interleaved: one row, channels interleaved
@@ -309,9 +311,9 @@ def _mono(frame: AudioFrame) -> npt.NDArray[np.float32] | Pcm:
     return data[0] if len(data) == 1 else data.mean(axis=0, dtype=np.float32)
 
 
-def _mono_s16(frame: AudioFrame) -> Pcm:
+def _mono_s16(frame: AudioFrame, source: tuple[str, str, int]) -> Pcm:
     """A decoded frame as mono int16: channels averaged, float samples scaled."""
-    mono = _mono(frame)
+    mono = _mono(frame, source)
     if mono.dtype.kind == "f":
         return np.clip(np.rint(mono * 32768.0), -32768, 32767).astype(np.int16)
     return mono.astype(np.int16, copy=False)
