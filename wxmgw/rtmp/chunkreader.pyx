@@ -16,12 +16,9 @@ from libc.stdint cimport uint32_t
 from wxmgw.errors import ParseError
 from wxmgw.rtmp.chunk import (
     ABORT,
-    AGGREGATE,
-    AUDIO,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_LIMITS,
     SET_CHUNK_SIZE,
-    VIDEO,
     Message,
 )
 
@@ -31,8 +28,7 @@ cdef enum:
     _NOT_THERE = -1  # what _chunk answers for a chunk not all received yet
 
 
-# chunk.py's message types, as C ints.
-cdef int _AUDIO = AUDIO, _VIDEO = VIDEO, _AGGREGATE = AGGREGATE
+# chunk.py's control message types, as C ints.
 cdef int _SET_CHUNK_SIZE = SET_CHUNK_SIZE, _ABORT = ABORT
 
 
@@ -80,7 +76,7 @@ cdef class ChunkReader:
     cdef bytearray _buf
     cdef dict _streams
     cdef Py_ssize_t _buffered  # bytes of partial messages, all chunk streams together
-    cdef Py_ssize_t _max_media, _max_command, _max_buffered, _max_streams
+    cdef Py_ssize_t _max_buffered, _max_streams
 
     def __init__(self, limits=DEFAULT_LIMITS):
         self.chunk_size = DEFAULT_CHUNK_SIZE
@@ -88,8 +84,6 @@ cdef class ChunkReader:
         self._buf = bytearray()
         self._streams = {}
         self._buffered = 0
-        self._max_media = limits.max_media_message
-        self._max_command = limits.max_command_message
         self._max_buffered = limits.max_buffered
         self._max_streams = limits.max_chunk_streams
 
@@ -115,11 +109,11 @@ cdef class ChunkReader:
     cdef Py_ssize_t _chunk(self, Py_ssize_t pos, list out) except -2:
         """Parse the chunk at ``pos``: its end, or _NOT_THERE when it is not all there yet."""
         cdef Py_ssize_t size = PyByteArray_GET_SIZE(self._buf), header, start, take
-        cdef Py_ssize_t remaining, most
+        cdef Py_ssize_t remaining
         cdef const unsigned char *buf = <const unsigned char *>PyByteArray_AS_STRING(self._buf)
         cdef int fmt, csid, extra, type_id
         cdef uint32_t ts = 0, length
-        cdef bint new_message, media
+        cdef bint new_message
         cdef bytes payload
         cdef _InStream state
         if pos >= size:
@@ -155,9 +149,7 @@ cdef class ChunkReader:
         if fmt < 2:
             length = _be24(buf + pos + 3)
             type_id = buf[pos + 6]
-            media = type_id == _AUDIO or type_id == _VIDEO or type_id == _AGGREGATE
-            most = self._max_media if media else self._max_command
-            if length > most:
+            if length > self.limits.max_message(type_id):
                 raise ParseError(
                     f"message of {length} bytes (type {type_id}) on chunk stream {csid}"
                 )
