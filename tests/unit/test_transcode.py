@@ -401,6 +401,37 @@ def test_sample_codecs_decode_as_many_samples_as_the_payload_declares(
         assert len(decoder.decode(b"\x55" * size)) == size // channels * 6
 
 
+@pytest.mark.parametrize("codec", ["PCMA", "PCMU"])
+def test_stereo_is_the_mean_of_its_channels_at_their_level(codec: str) -> None:
+    """Two equal int16 channels average to that channel, not to a float scaled again."""
+    _, payloads = encode_all(codec, sine(700, 0.2))
+    stereo = [bytes(b for sample in payload for b in (sample, sample)) for payload in payloads]
+    mono = decode_all(AudioDecoder(codec), payloads)
+    assert np.array_equal(decode_all(AudioDecoder(codec, channels=2), stereo), mono)
+
+
+def test_stereo_opus_is_as_loud_as_its_channels(tmp_path: Path) -> None:
+    """Equal channels (a mono tone made stereo) average to the level each has in the ffmpeg CLI."""
+    path = tmp_path / "tone.ogg"
+    ffmpeg(*sine_input(700), "-ac", "2", "-c:a", "libopus", str(path))
+    ours = decode_all(AudioDecoder("OPUS", channels=2), demux(path)[1])
+    theirs = np.frombuffer(ffmpeg("-i", str(path), "-f", "s16le", "-ac", "2", "-"), np.int16)
+
+    def level(pcm: Pcm) -> float:
+        return float(np.sqrt(np.mean(pcm[AUDIO_RATE // 10:].astype(np.float64) ** 2)))
+
+    assert 20 * np.log10(level(ours) / level(theirs[0::2])) == pytest.approx(0, abs=0.5)
+
+
+def test_decoders_run_in_pyav_s_ffmpeg_the_only_one_mapped() -> None:
+    """``_ffmpeg`` calls the libavcodec ``import av`` mapped: no second FFmpeg in the process."""
+    AudioDecoder("G722").decode(b"\x55" * 160)
+    maps = Path("/proc/self/maps").read_text().split()
+    codecs = {word for word in maps if "/libavcodec" in word}
+    assert len(codecs) == 1, codecs
+    assert Path(av.__file__).parent.parent.resolve() in Path(codecs.pop()).resolve().parents
+
+
 @pytest.mark.parametrize(("toc", "samples"), [
     (b"\x00", 480),        # config 0, SILK NB 10 ms; code 0: one frame (RFC 6716 §3.1)
     (b"\x78", 960),        # config 15, Hybrid FB 20 ms

@@ -1,7 +1,9 @@
 """Audio codecs of the gateway: AAC (FLV side) and PCMA/PCMU/G.722/Opus (RTP side).
 
-The codecs are FFmpeg's, through PyAV, except G.711, which is a pair of
-look-up tables filled from FFmpeg's coder (:mod:`wxmgw.media.dsp`). The
+The codecs are FFmpeg's, except G.711, which is a pair of look-up tables
+filled from FFmpeg's coder (:mod:`wxmgw.media.dsp`). Encoders go through
+PyAV; decoders, which run on every AAC frame of every pull leg, are called
+from C (:mod:`wxmgw.media._ffmpeg`, in the FFmpeg PyAV loaded). The
 gateway's internal format is mono 48 kHz int16 (see ``frames.py``); the RTP
 codecs sample at 8, 16 or 48 kHz and AAC mostly at 44.1 kHz. Every rate
 change is the gateway's own compiled filter (``dsp.rate_converter``), not
@@ -11,14 +13,14 @@ empty and a ``Fraction`` per frame, twice the filtering itself.
 Every payload decoded comes from a peer (a mini-program's AAC through the
 live server, the MAS's RTP), and FFmpeg's decoders output what the payload
 says: a raw AAC frame's program_config_element can turn a stereo stream into
-27 channels whose frame PyAV then reads past its planes (a SIGSEGV). So an
-``AudioDecoder`` knows what its stream declared (format, layout, rate,
-samples per frame) and drops any frame that is not that, before PyAV reads
-a sample of it.
+27 channels (whose frame PyAV once read past its planes: a SIGSEGV). So an
+``AudioDecoder`` knows what its stream declared (format, channels, rate,
+samples per frame) and drops any frame that is not that, before a sample of
+it is read.
 
 Each ``AudioDecoder``/``AudioEncoder`` owns its codec context and filters and
-nothing else is mutable, so instances may run in worker threads (PyAV releases
-the GIL in codec calls); one instance must not be used by two threads at once.
+nothing else is mutable, so instances may run in worker threads (the codec
+calls release the GIL); one instance must not be used by two threads at once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from fractions import Fraction
 from typing import Final
 
 import av
-import av.error
 import numpy as np
 import numpy.typing as npt
 from av.audio.codeccontext import AudioCodecContext
@@ -37,6 +38,7 @@ from av.audio.frame import AudioFrame
 from wxmgw.codecs.aac import AudioSpecificConfig
 from wxmgw.errors import InvalidArgument, MediaError
 from wxmgw.media._dsp import RateConverter
+from wxmgw.media._ffmpeg import Decoder, Dropped, Undecodable
 from wxmgw.media.clock import PcmFramer
 from wxmgw.media.dsp import G711, rate_converter
 from wxmgw.media.frames import AUDIO_RATE, Pcm
@@ -45,8 +47,6 @@ _PACKET_MS = 20
 _G711 = ("pcm_alaw", "pcm_mulaw")
 _NO_SAMPLES: Pcm = np.zeros(0, np.int16)
 _NO_SAMPLES.flags.writeable = False
-#: numpy's type of a sample of each format a decoder gives us (see ``_Declared``).
-_SAMPLE_TYPES: Final = {"fltp": np.float32, "flt": np.float32, "s16p": np.int16, "s16": np.int16}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +108,13 @@ class _Declared:
     """
 
     format: str
-    layouts: tuple[str, ...]
+    channels: tuple[int, ...]
     rates: tuple[int, ...]
     samples: tuple[int, ...] = ()
 
 
-_LAYOUTS: Final = {1: "mono", 2: "stereo"}
+#: Channels a stream may have: a decoder averages two into one.
+_CHANNELS: Final = (1, 2)
 #: RFC 6716 §3.1: samples at 48 kHz in one frame of each TOC config, by config.
 _OPUS_FRAME: Final = (480, 960, 1920, 2880) * 3 + (480, 960) * 2 + (120, 240, 480, 960) * 4
 #: RFC 6716 §3.2.5: a packet holds at most 120 ms.
@@ -157,15 +158,16 @@ class AudioDecoder:
     """Decodes one stream's payloads to mono int16 at ``out_rate`` (48 kHz unless asked).
 
     G.711 is a table look-up: no FFmpeg call at all for PCMA and PCMU, one
-    per packet for G.722 and Opus. Every rate reaches ``out_rate`` straight
-    through one :class:`~wxmgw.media._dsp.RateConverter`: a leg that
+    per packet for G.722 and Opus (and for G.711 in stereo). Every rate
+    reaches ``out_rate`` straight through one
+    :class:`~wxmgw.media._dsp.RateConverter`: a leg that
     only re-encodes to an 8 or 16 kHz codec asks for that rate and saves the
     way through 48 kHz.
     """
 
     __slots__ = (
-        "_channels", "_convert", "_ctx", "_declared", "_extradata", "_g711", "_in_rate", "_name",
-        "_rate", "_source",
+        "_channels", "_convert", "_declared", "_decoder", "_extradata", "_g711", "_in_rate",
+        "_name", "_rate", "_source",
     )
 
     def __init__(
@@ -188,44 +190,36 @@ class AudioDecoder:
             config = AudioSpecificConfig.parse(extradata or b"")
             ffmpeg_name, rate, channels = "aac", config.sample_rate, config.channels
             self._declared = _Declared(
-                "fltp",
-                tuple(_LAYOUTS[n] for n in config.out_channels),
-                config.rates,
-                config.frame_samples,
+                "fltp", config.out_channels, config.rates, config.frame_samples
             )
         else:
             info = audio_codec(codec)
             ffmpeg_name, rate = info.ffmpeg_name, info.sample_rate
-            if channels not in _LAYOUTS:
+            if channels not in _CHANNELS:
                 raise InvalidArgument(f"{info.name} with {channels} channels")
-            self._declared = _Declared("s16", (_LAYOUTS[channels],), (rate,))
+            self._declared = _Declared("s16", (channels,), (rate,))
         self._name = ffmpeg_name
         self._channels = channels
         self._rate = out_rate
-        self._source: tuple[str, str, int] | None = None
+        self._source = 0  # the rate of the frames ``_convert`` takes
         self._convert: RateConverter | None = None
-        self._ctx: AudioCodecContext | None = None
+        self._decoder: Decoder | None = None
         self._g711: G711 | None = None
         if ffmpeg_name in _G711 and channels == 1 and rate == 8000:
             self._g711 = G711(ffmpeg_name)
             self._convert = rate_converter(rate, out_rate)
             return
-        self._extradata = extradata
+        self._extradata = extradata or b""
         self._in_rate = rate
-        self._ctx = self._open()
+        self._decoder = self._open()
 
-    def _open(self) -> AudioCodecContext:
-        ctx = av.CodecContext.create(self._name, "r")
-        assert isinstance(ctx, AudioCodecContext)
-        ctx.sample_rate = self._in_rate
-        ctx.layout = _LAYOUTS[self._channels]
-        if self._extradata:
-            ctx.extradata = self._extradata
+    def _open(self) -> Decoder:
+        declared = self._declared
         try:
-            ctx.open()
-        except av.error.FFmpegError as e:
-            raise MediaError(f"cannot open {self._name} decoder: {e}") from e
-        return ctx
+            return Decoder(self._name, self._extradata, self._in_rate, self._channels,
+                           declared.format, declared.channels, declared.rates)
+        except Undecodable as e:
+            raise MediaError(str(e)) from e
 
     def decode(self, payload: bytes) -> Pcm:
         """Decode one codec frame (an RTP payload or a raw AAC frame).
@@ -242,81 +236,36 @@ class AudioDecoder:
         if self._g711 is not None:  # one sample per byte, by construction
             pcm = self._g711.decode(payload)
             return self._convert(pcm) if self._convert is not None else pcm
-        assert self._ctx is not None
-        try:
-            frames = self._ctx.decode(av.Packet(payload))
-            sources = [self._check(frame, payload) for frame in frames]
-            return _joined([self._to_internal(f, s) for f, s in zip(frames, sources, strict=True)])
-        except (av.error.FFmpegError, ValueError) as e:
-            raise MediaError(f"undecodable {self._name} payload: {e}") from e
-
-    def _check(self, frame: AudioFrame, payload: bytes) -> tuple[str, str, int]:
-        """Raise ``DroppedFrame`` unless ``frame`` is what the stream declared; else its
-        format, layout and rate (each PyAV attribute read makes an object: read once).
-
-        The layout is checked before the planes are counted: PyAV counts them
-        by walking FFmpeg's plane pointers to the first NULL, past the end of
-        the array when a frame has more channels than its layout says.
-        """
+        assert self._decoder is not None
         declared = self._declared
         samples = declared.samples or (_payload_samples(self._name, payload, self._channels),)
-        layout, fmt, rate = frame.layout, frame.format, frame.sample_rate
-        source = (fmt.name, layout.name, rate)
-        if (
-            source[1] not in declared.layouts
-            or source[0] != declared.format
-            or rate not in declared.rates
-            or frame.samples not in samples
-            or len(frame.planes) != (layout.nb_channels if fmt.is_planar else 1)
-        ):
-            self._ctx = self._open()
-            raise DroppedFrame(
-                f"{self._name} frame dropped: {source[1]}, {source[0]}, "
-                f"{rate} Hz, {frame.samples} samples"
-            )
-        return source
+        try:
+            frames = self._decoder.decode(payload, samples)
+        except Dropped as e:
+            self._decoder = self._open()
+            raise DroppedFrame(str(e)) from None
+        except Undecodable as e:
+            raise MediaError(f"undecodable {self._name} payload: {e}") from e
+        return _joined([self._to_internal(mono, rate) for mono, rate in frames])
 
-    def _to_internal(self, frame: AudioFrame, source: tuple[str, str, int]) -> Pcm:
-        # A stream may change rate or channels (AAC's SBR/PS, a new sequence
-        # header): the conversion is chosen for one input format, so renew it.
-        if source != self._source:
-            self._source = source
-            self._convert = rate_converter(source[2], self._rate)
-        if self._convert is None:
-            return _mono_s16(frame, source)
-        samples = _mono(frame, source)
-        return self._convert(samples, 32768.0 if samples.dtype.kind == "f" else 1.0)
+    def _to_internal(self, mono: npt.NDArray[np.float32] | Pcm, rate: int) -> Pcm:
+        # A stream may change rate (AAC's SBR, a new sequence header): the
+        # conversion is made for one input rate, so renew it.
+        if rate != self._source:
+            self._source = rate
+            self._convert = rate_converter(rate, self._rate)
+        floats = mono.dtype.kind == "f"
+        if self._convert is not None:
+            return self._convert(mono, 32768.0 if floats else 1.0)
+        if floats:
+            return np.clip(np.rint(mono * 32768.0), -32768, 32767).astype(np.int16)
+        return mono.astype(np.int16, copy=False)
 
 
 def _joined(chunks: list[Pcm]) -> Pcm:
     if len(chunks) == 1:
         return chunks[0]
     return np.concatenate(chunks) if chunks else _NO_SAMPLES
-
-
-def _mono(frame: AudioFrame, source: tuple[str, str, int]) -> npt.NDArray[np.float32] | Pcm:
-    """A decoded frame's samples as one channel, as they are (float32 or int16).
-
-    ``source`` is the frame's format, layout and rate as ``_check`` read them
-    (each PyAV attribute read makes an object). A mono frame of a known
-    format (AAC's fltp, the RTP codecs' s16) is its plane, read in place;
-    more channels are averaged, in float32.
-    """
-    dtype = _SAMPLE_TYPES.get(source[0])
-    if dtype is not None and source[1] == "mono":
-        return np.frombuffer(memoryview(frame.planes[0]), dtype, frame.samples)
-    data = frame.to_ndarray()
-    if not frame.format.is_planar:  # interleaved: one row, channels interleaved
-        data = data.reshape(-1, frame.layout.nb_channels).T
-    return data[0] if len(data) == 1 else data.mean(axis=0, dtype=np.float32)
-
-
-def _mono_s16(frame: AudioFrame, source: tuple[str, str, int]) -> Pcm:
-    """A decoded frame as mono int16: channels averaged, float samples scaled."""
-    mono = _mono(frame, source)
-    if mono.dtype.kind == "f":
-        return np.clip(np.rint(mono * 32768.0), -32768, 32767).astype(np.int16)
-    return mono.astype(np.int16, copy=False)
 
 
 class AudioEncoder:
