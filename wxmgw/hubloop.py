@@ -118,10 +118,23 @@ def _woken(signum: int, frame: Any) -> None:
         _collector.poll_now()
 
 
-#: libev's priority for the watchers of media sockets (RTP): below the
+#: libev's priority for the watchers of media sockets (RTP, RTMP): below the
 #: default, so that in a wakeup that serves many legs at once a control
 #: socket's watcher (a Thrift request, the default 0) runs before theirs.
 MEDIA_PRIORITY: Final = -1
+
+
+def media_socket(sock: socket.socket) -> None:
+    """Have gevent's waits on ``sock`` (a media TCP socket) run at ``MEDIA_PRIORITY``.
+
+    A gevent socket waits on two libev watchers of its own, ``_read_event``
+    and ``_write_event`` (so since gevent 1.0, though not public; a test
+    checks them). Without them the socket keeps the default priority.
+    """
+    for name in ("_read_event", "_write_event"):
+        watcher = getattr(sock, name, None)
+        if watcher is not None:
+            watcher.priority = MEDIA_PRIORITY
 
 
 def wait_watcher(watcher: Any, timeout: float | None) -> bool:

@@ -11,7 +11,13 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
-from wxmgw.hubloop import collect_io, wait_watcher, wake_on_input  # noqa: E402
+from wxmgw.hubloop import (  # noqa: E402
+    MEDIA_PRIORITY,
+    collect_io,
+    media_socket,
+    wait_watcher,
+    wake_on_input,
+)
 
 
 def test_datagrams_spread_over_time_are_read_in_few_wakeups():
@@ -122,3 +128,32 @@ def test_wait_watcher_answers_the_watcher_or_the_timeout_and_leaves_both_stopped
         assert readable.active
         waiting.kill()  # a reader killed in its wait (a session closed)
         assert not readable.active and waiting.dead
+
+
+def test_a_media_socket_is_read_after_a_control_socket_ready_at_the_same_time():
+    """``media_socket`` reaches gevent's own watchers (private names, checked here).
+
+    The media socket's byte is sent first: of two watchers of one priority
+    ready in the same poll, the one that became ready first mostly runs first.
+    """
+    def first_read() -> str:
+        order: list[str] = []
+
+        def read(sock: socket.socket, name: str) -> None:
+            sock.recv(1)
+            order.append(name)
+
+        media, media_peer = socket.socketpair()
+        control, control_peer = socket.socketpair()
+        with media, media_peer, control, control_peer:
+            media_socket(media)
+            watchers = (getattr(media, "_read_event", None), getattr(media, "_write_event", None))
+            assert [w.priority if w else None for w in watchers] == [MEDIA_PRIORITY] * 2
+            readers = [gevent.spawn(read, media, "media"), gevent.spawn(read, control, "control")]
+            gevent.sleep(0)  # both wait in recv
+            media_peer.send(b"m")
+            control_peer.send(b"c")
+            gevent.joinall(readers, timeout=5)
+        return order[0]
+
+    assert [first_read() for _ in range(5)] == ["control"] * 5

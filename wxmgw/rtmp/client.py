@@ -28,6 +28,7 @@ from typing import Final
 import gevent
 
 from wxmgw.errors import InvalidArgument
+from wxmgw.hubloop import media_socket
 from wxmgw.rtmp import amf0, commands
 from wxmgw.rtmp.chunk import (
     ABORT,
@@ -172,6 +173,7 @@ class RtmpClient:
                 raise RtmpError(
                     f"rtmps: certificate of {url.host} refused: {e.verify_message}"
                 ) from None
+        media_socket(self._sock)
         self._handshake()
         self._send(SET_CHUNK_SIZE, _OUR_CHUNK_SIZE.to_bytes(4, "big"))
         self._writer.chunk_size = _OUR_CHUNK_SIZE
