@@ -20,6 +20,7 @@ import pytest
 from av.audio.resampler import AudioResampler
 
 from wxmgw.errors import InvalidArgument, MediaError, ParseError
+from wxmgw.media._ffmpeg import ffmpeg_libraries
 from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, Pcm
 from wxmgw.media.transcode import (
     AAC_NARROW_RATE,
@@ -421,6 +422,21 @@ def test_stereo_opus_is_as_loud_as_its_channels(tmp_path: Path) -> None:
         return float(np.sqrt(np.mean(pcm[AUDIO_RATE // 10:].astype(np.float64) ** 2)))
 
     assert 20 * np.log10(level(ours) / level(theirs[0::2])) == pytest.approx(0, abs=0.5)
+
+
+def test_ffmpeg_libraries_are_found_as_a_wheel_or_a_system_names_them() -> None:
+    maps = [
+        "7f32bb600000-7f32bb617000 r--p 00000000 fe:00 5333559    "
+        "/venv/site-packages/av.libs/libavutil-5809ad29.so.60.26.102",
+        "7f0000000000-7f0000001000 r-xp 00000000 fe:00 1    "
+        "/usr/lib/x86_64-linux-gnu/libavcodec.so.59.37.100",
+        "7f0000000000-7f0000001000 r-xp 00000000 fe:00 2    /usr/lib/libavcodecx.so.1",
+        "7f0000000000-7f0000001000 r-xp 00000000 fe:00 3    /usr/lib/libswresample.so.4",
+    ]
+    assert ffmpeg_libraries(maps) == {
+        "avutil": "/venv/site-packages/av.libs/libavutil-5809ad29.so.60.26.102",
+        "avcodec": "/usr/lib/x86_64-linux-gnu/libavcodec.so.59.37.100",
+    }
 
 
 def test_decoders_run_in_pyav_s_ffmpeg_the_only_one_mapped() -> None:

@@ -1,5 +1,7 @@
 """Type stub of the compiled ``_ffmpeg.pyx``."""
 
+from collections.abc import Iterable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -7,11 +9,12 @@ from wxmgw.media.frames import Pcm
 
 SAMPLE_FORMATS: dict[str, int]
 
+def ffmpeg_libraries(maps: Iterable[str]) -> dict[str, str]: ...
+
 class Undecodable(ValueError): ...
 class Dropped(ValueError): ...
 
 class Decoder:
-    name: str
     def __init__(
         self,
         ffmpeg_name: str,

@@ -10,13 +10,13 @@ object per frame but the samples it returns.
 There is one FFmpeg in the process, PyAV's: the functions are looked up with
 ``dlsym`` in the very libavcodec and libavutil that ``import av`` mapped
 (found in ``/proc/self/maps``), so this module needs no FFmpeg headers and
-works with whichever FFmpeg PyAV was built with. Without headers, the only
-struct fields read or written are ones whose place FFmpeg's ABI has kept
-since FFmpeg 1: the leading fields of ``AVFrame``, ``AVPacket``,
-``AVCodecParameters`` and ``AVOption``, declared below as those prefixes.
-A codec context's rate, channels and sample format are read at the offsets
-its own ``AVOption`` table gives for ``ar``, ``ch_layout`` and
-``sample_fmt``.
+works with whichever FFmpeg PyAV was built with, from FFmpeg 5.1 on (its
+``AVChannelLayout``; an older libavutil is refused at import). Without
+headers, the only struct fields read or written are ones whose place
+FFmpeg's ABI has kept for a decade: the leading fields of ``AVFrame``,
+``AVPacket``, ``AVCodecParameters`` and ``AVOption``, declared below as
+those prefixes. A codec context's rate and channel count are read at the
+offsets its own ``AVOption`` table gives for ``ar`` and ``ch_layout``.
 
 A decoded frame is checked against what its stream declared (format,
 channels, rate, samples) before a sample is read (:class:`Dropped`
@@ -127,25 +127,23 @@ cdef enum:
     _EAGAIN = -11  # AVERROR(EAGAIN) on Linux
     _AVERROR_EOF = -0x20464F45  # FFERRTAG('E','O','F',' ')
     _PADDING = 64  # AV_INPUT_BUFFER_PADDING_SIZE
-    _AUDIO = 1  # AVMEDIA_TYPE_AUDIO
+    _CHANNEL_LAYOUT_SINCE = 57  # libavutil's major with AVChannelLayout (FFmpeg 5.1)
 
 #: FFmpeg's sample formats the gateway's decoders output, by name (enum AVSampleFormat).
 SAMPLE_FORMATS = {"s16": 1, "flt": 3, "s16p": 6, "fltp": 8}
-cdef int _S16 = 1, _FLT = 3, _S16P = 6, _FLTP = 8
+cdef int _FLT = 3, _S16P = 6, _FLTP = 8
 
-_LIBRARY = re.compile(r"(/\S*/lib(avcodec|avutil)[-.][^/\s]*\.so[^/\s]*)$")
+# A wheel's own copy (libavcodec-5e6b81c2.so.62.28.102) or a system's (libavcodec.so.59).
+_LIBRARY = re.compile(r"(/\S*/lib(avcodec|avutil)(?:-[^/\s]*)?\.so[^/\s]*)$")
 
 
-def _mapped() -> dict:
-    """The paths of the libavcodec and libavutil ``import av`` mapped, by name."""
-    import av  # noqa: F401  (maps PyAV's FFmpeg)
-
+def ffmpeg_libraries(maps) -> dict:
+    """The paths of libavcodec and libavutil in the lines of a ``/proc/<pid>/maps``, by name."""
     found = {}
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            match = _LIBRARY.search(line.rstrip())
-            if match:
-                found.setdefault(match.group(2), match.group(1))
+    for line in maps:
+        match = _LIBRARY.search(line.rstrip())
+        if match:
+            found.setdefault(match.group(2), match.group(1))
     return found
 
 
@@ -156,8 +154,14 @@ cdef void *_symbol(void *lib, str name) except NULL:
     return address
 
 
+ctypedef unsigned (*version_f)() noexcept nogil
+
+
 cdef void _load() except *:
-    libs = _mapped()
+    import av  # noqa: F401  (maps PyAV's FFmpeg)
+
+    with open("/proc/self/maps") as maps:
+        libs = ffmpeg_libraries(maps)
     cdef void *handles[2]
     for i, name in enumerate(("avcodec", "avutil")):
         if name not in libs:
@@ -167,6 +171,10 @@ cdef void _load() except *:
             raise ImportError(f"cannot reach {libs[name]}: {dlerror().decode()}")
     cdef void *codec = handles[0]
     cdef void *util = handles[1]
+    cdef unsigned major = (<version_f>_symbol(util, "avutil_version"))() >> 16
+    if major < _CHANNEL_LAYOUT_SINCE:
+        raise ImportError(f"PyAV's libavutil is {major}: AVChannelLayout needs "
+                          f"{_CHANNEL_LAYOUT_SINCE} (FFmpeg 5.1)")
     api.find_decoder_by_name = <find_decoder_by_name_f>_symbol(codec, "avcodec_find_decoder_by_name")
     api.alloc_context3 = <alloc_context3_f>_symbol(codec, "avcodec_alloc_context3")
     api.free_context = <free_context_f>_symbol(codec, "avcodec_free_context")
@@ -234,7 +242,7 @@ cdef class Decoder:
     cdef AVFrame *_frame
     cdef int _format, _rate_at, _channels_at
     cdef tuple _channels_allowed, _rates
-    cdef readonly str name
+    cdef str name
 
     def __cinit__(self):
         self._ctx = NULL
