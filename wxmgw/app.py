@@ -12,6 +12,7 @@ from wxmgw import cluster
 from wxmgw.cluster import RedisJournal, Registration
 from wxmgw.conference import Registry
 from wxmgw.config import Config
+from wxmgw.hubloop import in_turns
 from wxmgw.journal import FileJournal, Journal
 from wxmgw.legs.base import LegContext
 from wxmgw.logs import event
@@ -117,7 +118,7 @@ class Gateway:
         while True:
             gevent.sleep(self.config.stats_interval)
             current: dict[int, dict[str, Any]] = {}
-            for leg in self.registry.legs():
+            for leg in in_turns(self.registry.legs()):
                 stats = leg.stats()
                 with_rates(stats, previous.get(id(leg), {}), self.config.stats_interval)
                 current[id(leg)] = stats

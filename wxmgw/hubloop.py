@@ -31,10 +31,13 @@ import signal
 import socket
 import struct
 import threading
-from typing import Any, Final
+from collections.abc import Iterable, Iterator
+from typing import Any, Final, TypeVar
 
 import gevent
 from gevent.hub import Waiter
+
+T = TypeVar("T")
 
 # Linux <fcntl.h>: F_SETOWN_EX with F_OWNER_TID sends the signal to one thread,
 # the hub's, whose sleep it must end (not to any thread of the process).
@@ -158,3 +161,22 @@ def wait_watcher(watcher: Any, timeout: float | None) -> bool:
         watcher.stop()
         if timer is not None:
             timer.close()
+
+
+def in_turns(items: Iterable[T]) -> Iterator[T]:
+    """``items``, with a turn of the hub before each one after the first.
+
+    For a walk over every leg (the stats lines, the stall watch, a metrics
+    scrape): at 84 legs the stats lines took 19 ms of the hub in one go,
+    and a Thrift request that came meanwhile waited for all of them. In
+    turns it waits for one leg's work at most. A turn is ``gevent.idle()``:
+    the hub polls at once and returns when no event of the default priority
+    is pending, so control input is served first and media
+    (``MEDIA_PRIORITY``) is not waited for; 84 turns with nothing to do cost
+    0.3 ms. (``gevent.sleep(0)`` would not do: gevent runs the callbacks
+    queued while it runs callbacks, this one too, before it polls again.)
+    """
+    for i, item in enumerate(items):
+        if i:
+            gevent.idle()
+        yield item

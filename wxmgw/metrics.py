@@ -37,6 +37,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from wxmgw.hubloop import in_turns
 from wxmgw.legs.base import Flow, Leg
 from wxmgw.media.endpoint import LatencyWindow
 
@@ -125,7 +126,7 @@ class MediaCollector:
         gauges: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in GAUGES}
         feedback: dict[tuple[str, ...], float] = {}
         states: dict[tuple[str, ...], float] = {}
-        for i, leg in enumerate(self.legs()):
+        for i, leg in enumerate(in_turns(self.legs())):
             named = i < self.max_legs
             who = (leg.kind, leg.conf_id if named else OTHER, leg.uuid if named else OTHER)
             flows = leg.flows()
@@ -214,7 +215,7 @@ class StallWatch:
 
     def check(self, now: float) -> None:
         still: dict[tuple[Leg, str, str], float] = {}
-        for leg in self.legs():
+        for leg in in_turns(self.legs()):
             for flow in leg.flows():
                 if flow.silence is None:
                     continue

@@ -14,6 +14,7 @@ import gevent  # noqa: E402
 from wxmgw.hubloop import (  # noqa: E402
     MEDIA_PRIORITY,
     collect_io,
+    in_turns,
     media_socket,
     wait_watcher,
     wake_on_input,
@@ -157,3 +158,19 @@ def test_a_media_socket_is_read_after_a_control_socket_ready_at_the_same_time():
         return order[0]
 
     assert [first_read() for _ in range(5)] == ["control"] * 5
+
+
+def test_a_walk_in_turns_lets_a_request_in_between_its_items():
+    """What the stats lines, the stall watch and a metrics scrape do over every leg."""
+    order: list[object] = []
+    request, peer = socket.socketpair()
+    with request, peer:
+        reader = gevent.spawn(lambda: order.append(request.recv(1)))
+        gevent.sleep(0)  # it waits in recv
+        for item in in_turns(range(4)):
+            if item == 0:
+                peer.send(b"r")  # a request comes while the walk is at its first item
+            order.append(item)
+        reader.join(5)
+    assert order == [0, b"r", 1, 2, 3]
+    assert list(in_turns([])) == []
