@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import gevent
 import pytest
 
@@ -46,6 +49,23 @@ def test_kill_is_not_a_crash() -> None:
     worker.kill()
     assert not worker.dead  # it ends at the hub's next turn: kill does not wait
     assert worker.join(5) and not reports
+
+
+
+def test_a_killed_worker_is_freed_without_the_cyclic_collector() -> None:
+    """Its greenlet keeps no GreenletExit whose traceback would hold the worker in a cycle."""
+    gc.collect()
+    gc.disable()
+    try:
+        worker = Worker(lambda: gevent.sleep(60), lambda e, _: None)
+        gevent.sleep(0)
+        worker.kill()
+        assert worker.join(5)
+        freed = weakref.ref(worker)
+        del worker
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize(("parts", "whole"), [
