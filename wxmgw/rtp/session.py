@@ -58,6 +58,19 @@ RESEND_RATE = 250
 _RESENT_MEMORY = 2048
 _MAX_DATAGRAM = 65536
 
+
+def _receive(sock: socket.socket) -> tuple[bytes, tuple[str, int]] | None:
+    """A datagram and its source, or None when none is waiting.
+
+    The caller waits for the next one outside any ``except``: a greenlet that
+    waits inside one keeps the exception, its traceback and a frame object
+    alive the whole time (one set per session, a full collection's work).
+    """
+    try:
+        return sock.recvfrom(_MAX_DATAGRAM)
+    except BlockingIOError:
+        return None
+
 Media = list[RtpPacket | Gap]
 
 
@@ -337,17 +350,18 @@ class RtpSession:
                 if deadline is not None:
                     timeout = max(0.001, deadline - self.clock())
             try:
-                data, addr = sock.recvfrom(_MAX_DATAGRAM)
-            except BlockingIOError:
-                if not self._wait_readable(sock, timeout):
-                    self._deliver()
-                    self._send_nacks()
-                continue
+                got = _receive(sock)
             except OSError:
                 if self.closed or self.pair.closed:
                     return
                 gevent.sleep(0.01)
                 continue
+            if got is None:
+                if not self._wait_readable(sock, timeout):
+                    self._deliver()
+                    self._send_nacks()
+                continue
+            data, addr = got
             if is_rtcp(data):
                 self._on_rtcp(data, addr)
                 continue
@@ -455,16 +469,16 @@ class RtpSession:
         sock = self.pair.rtcp
         while not self.closed:
             try:
-                data, addr = sock.recvfrom(_MAX_DATAGRAM)
-            except BlockingIOError:
-                self._wait_readable(sock, None)
-                continue
+                got = _receive(sock)
             except OSError:
                 if self.closed or self.pair.closed:
                     return
                 gevent.sleep(0.01)
                 continue
-            self._on_rtcp(data, addr)
+            if got is None:
+                self._wait_readable(sock, None)
+                continue
+            self._on_rtcp(*got)
 
     def _wait_readable(self, sock: socket.socket, timeout: float | None) -> bool:
         """Wait until ``sock`` has a datagram; False after ``timeout`` seconds without."""
