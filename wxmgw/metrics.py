@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 import gevent
+from gevent.lock import Semaphore
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -120,8 +121,17 @@ class MediaCollector:
         self.max_legs = max_legs
         self.latency = _Histogram(LATENCY_BUCKETS)
         self.av_offset = _Histogram(AV_OFFSET_BUCKETS)
+        # The walk over the legs gives the hub turns: a second scrape (two
+        # Prometheus servers) waits for the first, which the histograms'
+        # "each sample once" bookkeeping needs.
+        self._scraping = Semaphore()
 
     def collect(self) -> Iterator[Metric]:
+        with self._scraping:
+            families = list(self._families())
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
         counters: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in COUNTERS}
         gauges: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in GAUGES}
         feedback: dict[tuple[str, ...], float] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import gevent
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -92,6 +93,23 @@ def test_histograms_take_each_sample_once() -> None:
     le_5ms = frozenset({*hist, ("le", "0.005")})
     assert got[("wxmgw_media_added_latency_seconds_bucket", le_5ms)] == 2
     assert got[("wxmgw_media_added_latency_seconds_sum", hist)] == pytest.approx(0.207)
+
+
+def test_concurrent_scrapes_take_each_sample_once() -> None:
+    """Two Prometheus servers at once: the walk over the legs takes turns, not the scrapes."""
+    windows = [LatencyWindow() for _ in range(3)]
+    legs: list[Leg] = [FakeLeg(f"u{i}", [Flow("rtmp_out", "av", latency={"video": w})])
+                       for i, w in enumerate(windows)]
+    registry = CollectorRegistry()
+    registry.register(MediaCollector(lambda: legs, 500))
+    for window in windows:
+        window.add(0.003)
+    count = ("wxmgw_media_added_latency_seconds_count",
+             frozenset({"kind": "rtp2rtmp", "direction": "rtmp_out", "media": "video"}.items()))
+    both = [gevent.spawn(samples, registry) for _ in range(2)]
+    gevent.joinall(both, raise_error=True)
+    assert [g.value[count] for g in both] == [3, 3]
+    assert samples(registry)[count] == 3
 
 
 def test_latency_window_since_gives_only_new_kept_samples() -> None:
