@@ -131,7 +131,8 @@ cdef enum:
 
 #: FFmpeg's sample formats the gateway's decoders output, by name (enum AVSampleFormat).
 SAMPLE_FORMATS = {"s16": 1, "flt": 3, "s16p": 6, "fltp": 8}
-cdef int _FLT = 3, _S16P = 6, _FLTP = 8
+cdef int _FLT = SAMPLE_FORMATS["flt"], _S16P = SAMPLE_FORMATS["s16p"]
+cdef int _FLTP = SAMPLE_FORMATS["fltp"]
 
 # A wheel's own copy (libavcodec-5e6b81c2.so.62.28.102) or a system's (libavcodec.so.59).
 _LIBRARY = re.compile(r"(/\S*/lib(avcodec|avutil)(?:-[^/\s]*)?\.so[^/\s]*)$")
@@ -307,8 +308,8 @@ cdef class Decoder:
     def decode(self, bytes payload, tuple samples_allowed):
         """The frames ``payload`` decodes to, as ``(samples, rate)`` pairs.
 
-        ``samples`` is one channel: the frame's plane as it is when it has
-        one (float32 or int16), the channels averaged in float32 when two.
+        ``samples`` is one channel, as decoded (float32 in [-1, 1] or int16):
+        the frame's plane when it has one, the two channels averaged when two.
         Raises :class:`Undecodable` when FFmpeg refuses the payload,
         :class:`Dropped` when a frame is not as declared (the decoder should
         then be opened anew: FFmpeg's AAC decoder keeps a
