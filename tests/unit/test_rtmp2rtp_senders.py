@@ -36,6 +36,10 @@ class FakeSession:
     def send(self, payload, timestamp, marker, media_time):
         self.sent.append((payload, timestamp, marker, media_time))
 
+    def send_run(self, payloads, timestamp, marker, media_time):
+        for i, payload in enumerate(payloads):
+            self.send(payload, timestamp, marker and i == len(payloads) - 1, media_time)
+
     def capture_time(self, timestamp):
         return 100.0 + timestamp / 8000
 

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_codecs_h264 import AUD, DATA, PPS, SEI, SPS, _idr, _nal, _slice
 
 from wxmgw.codecs.h264 import AvcConfig, nal_type, split_annexb, to_annexb
@@ -64,9 +66,24 @@ def test_packetizer_fu_a_respects_max_payload() -> None:
     assert all(p[0] == (0x60 | NAL_FU_A) for p in payloads)
     assert [p[1] for p in payloads] == [0x85] + [0x05] * 9 + [0x45]
     assert b"".join(p[2:] for p in payloads) == big[1:]
-    assert max(len(p) for p in payloads) - min(len(p) for p in payloads) <= 1
+    sizes = [len(p) for p in payloads]
+    assert len(set(sizes[:-1])) == 1 and sizes[-1] <= sizes[0]  # one UDP GSO run
     exact = _nal(0x41, 1200)
     assert pkt.packetize([exact], None, None, keyframe=False) == [exact]
+
+
+@given(st.integers(1, 20_000), st.integers(3, 1500))
+def test_fu_a_fragments_are_equal_but_a_shorter_last(size: int, max_payload: int) -> None:
+    nalu = _nal(0x65, size)
+    payloads = H264Packetizer(max_payload).packetize([nalu], None, None, keyframe=False)
+    assert all(len(p) <= max_payload for p in payloads)
+    if len(nalu) <= max_payload:
+        assert payloads == [nalu]
+        return
+    sizes = [len(p) for p in payloads]
+    assert len(set(sizes[:-1])) == 1 and 3 <= sizes[-1] <= sizes[0]
+    assert len(payloads) == -(-(len(nalu) - 1) // (max_payload - 2))  # no more than needed
+    assert b"".join(p[2:] for p in payloads) == nalu[1:]
 
 
 def test_packetizer_sends_sps_pps_before_every_idr() -> None:

@@ -9,7 +9,9 @@ import socket  # noqa: E402
 import gevent  # noqa: E402
 
 from wxmgw.rtp import rtcp  # noqa: E402
+from wxmgw.rtp import session as session_module  # noqa: E402
 from wxmgw.rtp.jitter import Gap  # noqa: E402
+from wxmgw.rtp.packet import RtpPacket  # noqa: E402
 from wxmgw.rtp.session import ReceiveConfig, RtpSession, SendConfig  # noqa: E402
 
 
@@ -191,3 +193,61 @@ def test_an_error_in_on_media_is_logged_and_the_loop_runs_again(ports):
         assert crash["worker"] == "read_rtp" and isinstance(crash["exc"], RuntimeError)
     finally:
         session.close()
+
+
+def _received(sock: socket.socket) -> list[bytes]:
+    sock.settimeout(1.0)
+    got = [sock.recv(2048)]
+    sock.setblocking(False)
+    try:
+        while True:
+            got.append(sock.recv(2048))
+    except BlockingIOError:
+        return got
+
+
+def _unit() -> list[bytes]:
+    """An access unit as the packetizer cuts it: SPS, PPS, 5 fragments of which the last shorter."""
+    return [b"\x67" * 20, b"\x68" * 4] + [bytes([i]) * 1100 for i in range(4)] + [b"\x05" * 700]
+
+
+def test_a_run_leaves_as_the_same_datagrams_in_order(ports):
+    pair = ports.allocate()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        sender = RtpSession(pair, "v", remote=peer.getsockname(),
+                            send=SendConfig(ssrc=7, payload_type=96, clock_rate=90000))
+        try:
+            sender.send_run(_unit(), 3000, True, media_time=1.0)
+            got = [RtpPacket.parse(d) for d in _received(peer)]
+        finally:
+            sender.close()
+    assert [p.payload for p in got] == _unit()
+    assert [p.marker for p in got] == [False] * 6 + [True]
+    assert len({p.timestamp for p in got}) == 1
+    assert [(p.sequence_number - got[0].sequence_number) & 0xFFFF for p in got] == list(range(7))
+    assert sender.stats.packets_sent == 7
+    assert sender.stats.bytes_sent == sum(map(len, _unit()))
+
+
+def test_a_socket_the_kernel_refuses_gso_for_gets_the_packets_one_by_one(ports, monkeypatch):
+    pair = ports.allocate()
+    # A socket that sends without UDP checksums: Linux refuses it GSO (EINVAL).
+    pair.rtp.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_NO_CHECK", 11), 1)
+    monkeypatch.setattr(session_module._Gso, "works", True)
+    logged: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        sender = RtpSession(pair, "v", remote=peer.getsockname(),
+                            send=SendConfig(ssrc=7, payload_type=96, clock_rate=90000),
+                            log=lambda name, *_a, **_f: logged.append(name))
+        try:
+            for ts in (0, 3000):
+                sender.send_run(_unit(), ts, True, media_time=ts / 90000)
+            got = _received(peer)
+        finally:
+            sender.close()
+    assert [RtpPacket.parse(d).payload for d in got] == _unit() * 2
+    assert logged == ["rtp_gso_off"]  # found out once, then not tried again
+    assert not session_module._Gso.works
+    assert sender.stats.packets_sent == 14 and sender.stats.send_errors == 0

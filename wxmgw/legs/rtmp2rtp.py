@@ -108,9 +108,7 @@ class VideoSender:
         timestamp = self._timestamp = max(
             round((frame.ts - self._start) * VIDEO_CLOCK), self._timestamp + 1
         )
-        last = len(payloads) - 1
-        for i, payload in enumerate(payloads):
-            self.session.send(payload, timestamp, i == last, frame.ts)
+        self.session.send_run(payloads, timestamp, True, frame.ts)
         self.frames += 1
 
     def request_parameter_sets(self) -> bool:

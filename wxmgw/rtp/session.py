@@ -23,19 +23,27 @@ sequence number) and RFC 4588 retransmissions on ``rtx_payload_type``; a
 sending session with ``history`` keeps that many seconds of sent packets and
 resends what a NACK names, each number at most once per
 ``RESEND_INTERVAL`` and no more than ``RESEND_RATE`` packets a second.
+
+A run of equal-sized packets (an access unit's FU-A fragments) leaves in one
+``sendmsg`` with UDP generic segmentation offload (``UDP_SEGMENT``, Linux
+4.18): the kernel cuts it into the same datagrams, for one system call and
+one trip down the stack instead of one per packet. Where the kernel or the
+interface refuses it, the process sends packet by packet from then on.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import socket
+import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import gevent
 
@@ -44,7 +52,7 @@ from wxmgw.hubloop import MEDIA_PRIORITY, wait_watcher
 from wxmgw.ports import PortPair
 from wxmgw.rtp import rtcp
 from wxmgw.rtp.jitter import Gap, JitterBuffer
-from wxmgw.rtp.packet import RtpPacket, fixed_header, is_rtcp
+from wxmgw.rtp.packet import HEADER_SIZE, RtpPacket, fixed_header, is_rtcp
 from wxmgw.rtp.seq import TimestampUnwrapper, seq_ahead
 from wxmgw.supervise import Worker, worst
 
@@ -57,6 +65,20 @@ RESEND_RATE = 250
 #: Sequence numbers whose last resend is remembered before the old ones are forgotten.
 _RESENT_MEMORY = 2048
 _MAX_DATAGRAM = 65536
+#: Linux's UDP GSO option (``linux/udp.h``); Python names it from 3.12 only.
+_UDP_SEGMENT: Final = getattr(socket, "UDP_SEGMENT", 103)
+#: Most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS) and most bytes.
+_GSO_SEGMENTS: Final = 64
+_GSO_BYTES: Final = 60000
+#: What a kernel or an interface without UDP GSO answers a GSO send.
+_NO_GSO: Final = frozenset((errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
+_SEGMENT_SIZE: Final = struct.Struct("=H")
+
+
+class _Gso:
+    """Whether this process still sends runs of packets with UDP GSO (see the module docstring)."""
+
+    works = True
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, tuple[str, int]] | None:
@@ -314,28 +336,75 @@ class RtpSession:
         ``media_time`` is the capture time of the packet on our monotonic clock;
         the sender reports map RTP time to wall-clock through it.
         """
-        config = self.send_config
-        if config is None or self.remote is None or self.closed:
+        self.send_run((payload,), timestamp, marker, media_time)
+
+    def send_run(
+        self, payloads: Sequence[bytes], timestamp: int, marker: bool, media_time: float
+    ) -> None:
+        """Send packets with consecutive numbers and one timestamp (an access
+        unit's), ``marker`` on the last one; see :meth:`send`."""
+        config, remote = self.send_config, self.remote
+        if config is None or remote is None or self.closed or not payloads:
             return
         rtp_ts = (self._ts_base + timestamp) & 0xFFFFFFFF
-        seq = self._seq
-        data = fixed_header(config.payload_type, marker, seq, rtp_ts, config.ssrc) + payload
+        seq, pt, ssrc, count = self._seq, config.payload_type, config.ssrc, len(payloads)
+        if count == 1:  # most packets: audio
+            datagrams = [fixed_header(pt, marker, seq, rtp_ts, ssrc) + payloads[0]]
+        else:
+            datagrams = [
+                fixed_header(pt, marker and i == count - 1, (seq + i) & 0xFFFF, rtp_ts, ssrc) + p
+                for i, p in enumerate(payloads)
+            ]
         history = self._history
         if history is not None:
             now = self.clock()
-            history.append((seq, data, now))
+            history.extend(((seq + i) & 0xFFFF, d, now) for i, d in enumerate(datagrams))
             oldest = now - config.history
             while history[0][2] < oldest:
                 history.popleft()
-        self._seq = (seq + 1) & 0xFFFF
+        self._seq = (seq + count) & 0xFFFF
         self._last_sent = (rtp_ts, media_time)
-        try:
-            self.pair.rtp.sendto(data, self.remote)
-        except OSError:
-            self.stats.send_errors += 1
-            return
-        self.stats.packets_sent += 1
-        self.stats.bytes_sent += len(payload)
+        start = 0
+        while start < count:  # runs that GSO can cut: equal sizes, the last may be shorter
+            size = total = len(datagrams[start])
+            end = start + 1
+            while end < count and end - start < _GSO_SEGMENTS:
+                following = len(datagrams[end])
+                if following > size or total + following > _GSO_BYTES:
+                    break
+                total += following
+                end += 1
+                if following < size:
+                    break
+            self._transmit(datagrams[start:end] if count > 1 else datagrams, size, remote)
+            start = end
+
+    def _transmit(self, datagrams: list[bytes], size: int, remote: tuple[str, int]) -> None:
+        """Datagrams of ``size`` bytes but the last, shorter or not, to ``remote``."""
+        sock, stats = self.pair.rtp, self.stats
+        if len(datagrams) > 1 and _Gso.works:
+            try:
+                sock.sendmsg(datagrams, [(socket.SOL_UDP, _UDP_SEGMENT, _SEGMENT_SIZE.pack(size))],
+                             0, remote)
+            except OSError as e:
+                if e.errno not in _NO_GSO:
+                    stats.send_errors += len(datagrams)
+                    return
+                _Gso.works = False
+                self.log("rtp_gso_off", logging.WARNING, session=self.name,
+                         error=f"{type(e).__name__}: {e}")
+            else:
+                stats.packets_sent += len(datagrams)
+                stats.bytes_sent += sum(map(len, datagrams)) - HEADER_SIZE * len(datagrams)
+                return
+        for data in datagrams:
+            try:
+                sock.sendto(data, remote)
+            except OSError:
+                stats.send_errors += 1
+                continue
+            stats.packets_sent += 1
+            stats.bytes_sent += len(data) - HEADER_SIZE
 
     # -- receiving -----------------------------------------------------------------
 
