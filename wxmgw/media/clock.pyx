@@ -1,3 +1,4 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The gateway's audio timing rules, in one place: sample clocks, framers, live timelines.
 
 Audio is counted, not stamped: RTP timestamps are sampling instants (RFC 3550
@@ -29,20 +30,23 @@ old media fast, and taking its FLV timeline as it comes would put every later
 frame that far ahead of real time for the rest of the session.
 
 Everything here is pure: times are passed in, nothing reads a clock.
+
+Every pulled AAC frame and every 20 ms audio packet of a leg passes through
+here, so the module is typed Cython (``clock.pyi`` gives its types): the
+clocks' arithmetic and their counters are C doubles and integers, with no
+Python object per call but the frames handed out.
 """
 
-from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from enum import Enum
-from typing import Final
 
 import numpy as np
 
-from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame, Pcm
+from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AudioFrame
 
-_NO_SAMPLES: Final[Pcm] = np.zeros(0, np.int16)
+from libc.math cimport INFINITY
+
+_NO_SAMPLES = np.zeros(0, np.int16)
 
 
 class Placement(Enum):
@@ -54,28 +58,48 @@ class Placement(Enum):
     BACKLOG = "backlog"
 
 
-@dataclass(frozen=True, slots=True)
-class ClockRules:
+cdef object _NEXT = Placement.NEXT
+cdef object _GAP = Placement.GAP
+cdef object _RESYNC = Placement.RESYNC
+cdef object _BACKLOG = Placement.BACKLOG
+
+
+cdef class ClockRules:
     """How far (seconds) a chunk's timestamp may be from the count before it moves it.
 
     ``gap``: later than the count by more than this, the count jumps ahead.
     ``resync``: earlier by more than this, the count moves back to it.
     ``backlog``: earlier by more than this (and not past ``resync``), the
-    chunk is dropped. Infinity disables a rule.
+    chunk is dropped. Infinity disables a rule. Immutable.
     """
 
-    gap: float
-    resync: float = math.inf
-    backlog: float = math.inf
+    cdef readonly double gap, resync, backlog
+
+    def __init__(self, double gap, double resync=INFINITY, double backlog=INFINITY):
+        self.gap = gap
+        self.resync = resync
+        self.backlog = backlog
+
+    def __repr__(self):
+        return f"ClockRules(gap={self.gap}, resync={self.resync}, backlog={self.backlog})"
+
+    def __eq__(self, other):
+        if not isinstance(other, ClockRules):
+            return NotImplemented
+        o = <ClockRules>other
+        return (self.gap, self.resync, self.backlog) == (o.gap, o.resync, o.backlog)
+
+    def __hash__(self):
+        return hash((self.gap, self.resync, self.backlog))
 
 
 #: Audio decoded from RTP (the MAS's mix, a member): it follows the capture
 #: times the session maps (RTCP sender reports, arrival) when they are more
 #: than half a frame from the count, either way (loss, a new source or mapping).
-RTP_RULES: Final = ClockRules(gap=AUDIO_FRAME_SECONDS / 2, resync=AUDIO_FRAME_SECONDS / 2)
+RTP_RULES = ClockRules(gap=AUDIO_FRAME_SECONDS / 2, resync=AUDIO_FRAME_SECONDS / 2)
 
 
-class SampleClock:
+cdef class SampleClock:
     """A sample count at ``rate`` on a media timeline: the time of each sample counted.
 
     ``start`` is the media time of sample 0 and moves when the count jumps or
@@ -83,85 +107,92 @@ class SampleClock:
     the jumps (``gaps``, ``resyncs``) and the samples dropped as backlog.
     """
 
-    __slots__ = ("backlog_dropped", "count", "gaps", "rate", "resyncs", "rules", "start")
+    cdef readonly int rate
+    cdef readonly ClockRules rules
+    cdef double _start
+    cdef bint _started
+    cdef public long long count, gaps, resyncs, backlog_dropped
 
-    def __init__(self, rate: int, rules: ClockRules) -> None:
+    def __init__(self, int rate, ClockRules rules not None):
         self.rate = rate
         self.rules = rules
-        self.start: float | None = None
-        self.count = 0
-        self.gaps = 0
-        self.resyncs = 0
-        self.backlog_dropped = 0
 
     @property
-    def next(self) -> float:
+    def start(self):
+        """The media time of sample 0, None before the first chunk."""
+        return self._start if self._started else None
+
+    @property
+    def next(self):
         """The media time of the next sample; only once started."""
-        assert self.start is not None
-        return self.start + self.count / self.rate
+        assert self._started
+        return self._start + <double>self.count / self.rate
 
-    def time_of(self, sample: int) -> float:
+    def time_of(self, long long sample):
         """The media time of sample number ``sample`` of the count."""
-        assert self.start is not None
-        return self.start + sample / self.rate
+        assert self._started
+        return self._start + <double>sample / self.rate
 
-    def place(self, ts: float, samples: int = 0) -> Placement:
+    cpdef object place(self, double ts, long long samples=0):
         """Where ``samples`` samples stamped ``ts`` go; the count follows a gap or a resync.
 
         The first chunk starts the clock. A chunk placed as ``BACKLOG``
         must not be counted; its samples are added to ``backlog_dropped``.
         """
-        if self.start is None:
-            self.start = ts - self.count / self.rate
-            return Placement.NEXT
-        off = ts - self.next
-        rules = self.rules
+        if not self._started:
+            self._start = ts - <double>self.count / self.rate
+            self._started = True
+            return _NEXT
+        cdef double off = ts - (self._start + <double>self.count / self.rate)
+        cdef ClockRules rules = self.rules
         if off > rules.gap:
-            self.start += off
+            self._start += off
             self.gaps += 1
-            return Placement.GAP
+            return _GAP
         if -off > rules.resync:
-            self.start += off
+            self._start += off
             self.resyncs += 1
-            return Placement.RESYNC
+            return _RESYNC
         if -off > rules.backlog:
             self.backlog_dropped += samples
-            return Placement.BACKLOG
-        return Placement.NEXT
+            return _BACKLOG
+        return _NEXT
 
-    def advance(self, samples: int) -> None:
+    cpdef void advance(self, long long samples):
         self.count += samples
 
 
-class PcmFramer:
+cdef class PcmFramer:
     """Accumulates mono PCM of any length and cuts frames of ``size`` samples (20 ms at 48 kHz)."""
 
-    __slots__ = ("_pending", "_size")
+    cdef Py_ssize_t _size
+    cdef object _pending
 
-    def __init__(self, size: int = AUDIO_FRAME_SAMPLES) -> None:
+    def __init__(self, Py_ssize_t size=960):
         self._size = size
-        self._pending: Pcm = _NO_SAMPLES
+        self._pending = _NO_SAMPLES
 
     @property
-    def pending(self) -> int:
+    def pending(self):
         """Samples held for the next frame."""
         return len(self._pending)
 
-    def push(self, pcm: Pcm) -> list[Pcm]:
+    cpdef list push(self, pcm):
         """Append ``pcm``; return every complete frame, oldest first.
 
         The frames are views of one array of the framer's own, never of
         ``pcm``: the caller may reuse its buffer.
         """
-        size = self._size
+        cdef Py_ssize_t size = self._size
         pending = self._pending
         buf = np.concatenate((pending, pcm)) if len(pending) else pcm.copy()
-        cut = len(buf) - len(buf) % size
+        cdef Py_ssize_t n = len(buf)
+        cdef Py_ssize_t cut = n - n % size
         self._pending = buf[cut:]
         return [buf[i : i + size] for i in range(0, cut, size)]
 
 
-class AudioFramer:
+cdef class AudioFramer:
     """Decoded PCM stamped with its media time in, ``size``-sample frames stamped by the count out.
 
     A chunk's samples continue those before it unless the :class:`SampleClock`
@@ -169,28 +200,34 @@ class AudioFramer:
     placed as backlog is dropped whole.
     """
 
-    __slots__ = ("_framer", "_size", "clock")
+    cdef readonly SampleClock clock
+    cdef PcmFramer _framer
+    cdef Py_ssize_t _size
 
-    def __init__(self, size: int, rate: int, rules: ClockRules) -> None:
+    def __init__(self, Py_ssize_t size, int rate, ClockRules rules not None):
         self.clock = SampleClock(rate, rules)
         self._framer = PcmFramer(size)
         self._size = size
 
-    def push(self, pcm: Pcm, ts: float, arrived: float = 0.0) -> list[AudioFrame]:
+    def push(self, pcm, double ts, double arrived=0.0):
         """The frames ``pcm`` (stamped ``ts``) completes, oldest first; none if it is backlog."""
-        clock = self.clock
-        if clock.place(ts, len(pcm)) is Placement.BACKLOG:
+        cdef SampleClock clock = self.clock
+        cdef Py_ssize_t n = len(pcm)
+        if clock.place(ts, n) is _BACKLOG:
             return []
-        clock.advance(len(pcm))
+        clock.count += n
         chunks = self._framer.push(pcm)
         if not chunks:
             return []
-        first = clock.count - self._framer.pending - len(chunks) * self._size
-        return [AudioFrame(chunk, clock.time_of(first + i * self._size), arrived)
+        cdef Py_ssize_t size = self._size
+        cdef long long first = clock.count - len(self._framer._pending) - len(chunks) * size
+        cdef double start = clock._start
+        cdef int rate = clock.rate
+        return [AudioFrame(chunk, start + <double>(first + i * size) / rate, arrived)
                 for i, chunk in enumerate(chunks)]
 
 
-class LiveTimeline:
+cdef class LiveTimeline:
     """One RTMP session's FLV timeline on the gateway's clock, at live.
 
     A message of FLV time ``ms`` that arrived at ``arrival`` is stamped
@@ -214,28 +251,33 @@ class LiveTimeline:
     the media that came in bursts was.
     """
 
-    __slots__ = ("_anchor", "_last", "_max_lag", "_tolerance", "behind", "reanchors")
 
-    def __init__(self, max_lag: float, tolerance: float = 0.0) -> None:
+    cdef double _anchor, _last, _max_lag, _tolerance
+    cdef bint _anchored
+    cdef public double behind
+    cdef public long long reanchors
+
+    def __init__(self, double max_lag, double tolerance=0.0):
         self._max_lag = max_lag
         self._tolerance = tolerance
-        self._anchor: float | None = None
-        self._last = -math.inf
-        self.behind = 0.0
-        self.reanchors = 0
+        self._last = -INFINITY
 
-    def stamp(self, ms: int, arrival: float) -> float:
+    cpdef double stamp(self, long long ms, double arrival):
         """The media time of a message of FLV time ``ms`` (its DTS) that arrived at ``arrival``."""
-        offset = arrival - ms / 1000
-        anchor = self._anchor
-        if anchor is None:
-            anchor = self._anchor = offset
-        elif offset < anchor - self._tolerance:
-            self.behind += anchor - offset
-            anchor = self._anchor = offset
-        elif offset - anchor > self._max_lag:
+        cdef double media = ms / 1000.0
+        cdef double offset = arrival - media
+        if not self._anchored:
+            self._anchor = offset
+            self._anchored = True
+        elif offset < self._anchor - self._tolerance:
+            self.behind += self._anchor - offset
+            self._anchor = offset
+        elif offset - self._anchor > self._max_lag:
             self.reanchors += 1
-            anchor = self._anchor = offset
-            self._last = -math.inf  # a new timeline: it may start before the old one
-        ts = self._last = max(anchor + ms / 1000, self._last)
+            self._anchor = offset
+            self._last = -INFINITY  # a new timeline: it may start before the old one
+        cdef double ts = self._anchor + media
+        if ts < self._last:
+            ts = self._last
+        self._last = ts
         return ts
