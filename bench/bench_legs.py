@@ -68,7 +68,6 @@ import bench_capacity  # noqa: E402
 from common import (  # noqa: E402
     AUDIO_PT,
     LIVE_FPS,
-    PCMA_RATE,
     VIDEO_PT,
     CountPlayer,
     MasPeer,
@@ -84,6 +83,7 @@ from common import (  # noqa: E402
     rss,
     rtmp2rtp_cmd,
     rtp2rtmp_cmd,
+    rtp_continuity,
     spawn,
     tpy,
     wait_publishing,
@@ -141,8 +141,7 @@ def window(kind: str, who: str, n: int, run: int, setup: Setup, args: Namespace)
     user, system = (b - a for a, b in zip(cpu0, cpu_times(setup.procs), strict=True))
     rtp = None
     if peer is not None:
-        rtp = min(min((f1 - f0) / (LIVE_FPS * secs), (a1 - a0) / PCMA_RATE / secs)
-                  for (f0, a0), (f1, a1) in zip(peer0, peer.counts(), strict=True))
+        rtp = rtp_continuity(peer0, peer.counts(), secs)
     rtmp = None
     if players:
         # Over media time when a stream fell behind and catches up: gaps count, not backlog.

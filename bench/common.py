@@ -82,6 +82,14 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
     return sum(cpu_times(procs))
 
 
+def rtp_continuity(before: list[tuple[int, int]], after: list[tuple[int, int]],
+                   seconds: float) -> float:
+    """The worst leg's video frames and PCMA audio received over ``seconds``, as a
+    fraction of what a live pusher sends (``MasPeer.counts`` before and after)."""
+    return min(min((f1 - f0) / (LIVE_FPS * seconds), (a1 - a0) / PCMA_RATE / seconds)
+               for (f0, a0), (f1, a1) in zip(before, after, strict=True))
+
+
 def rss(procs: list[psutil.Process]) -> int:
     """The resident memory of ``procs`` together, bytes."""
     return sum(p.memory_info().rss for p in procs)

@@ -48,8 +48,10 @@ class GatewayProcess:
     """`python -m wxmgw.cli serve` with its own ports, log file and clean stop."""
 
     def __init__(self, tmp: Path, *, transport: str = "buffered", rtp_ports: int = 40,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, root: Path = ROOT) -> None:
+        """``root``: the checkout whose ``wxmgw`` runs (a benchmark compares two)."""
         self.transport = transport
+        self.root = root
         for attempt in range(3):
             # Free when chosen, but another process (a player's or a publisher's
             # own connection) may take one before the gateway binds it: choose again.
@@ -72,7 +74,7 @@ class GatewayProcess:
                     raise
 
     def _launch(self) -> None:
-        self.proc = subprocess.Popen(self.args, cwd=ROOT,
+        self.proc = subprocess.Popen(self.args, cwd=self.root,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 20
         while True:
