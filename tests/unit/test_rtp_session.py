@@ -7,9 +7,12 @@ monkey.patch_all()
 import socket  # noqa: E402
 
 import gevent  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from wxmgw.rtp import rtcp  # noqa: E402
-from wxmgw.rtp import session as session_module  # noqa: E402
+from wxmgw.rtp._send import RtpSender, enable_gso, gso_enabled  # noqa: E402
 from wxmgw.rtp.jitter import Gap  # noqa: E402
 from wxmgw.rtp.packet import RtpPacket  # noqa: E402
 from wxmgw.rtp.session import ReceiveConfig, RtpSession, SendConfig  # noqa: E402
@@ -230,11 +233,11 @@ def test_a_run_leaves_as_the_same_datagrams_in_order(ports):
     assert sender.stats.bytes_sent == sum(map(len, _unit()))
 
 
-def test_a_socket_the_kernel_refuses_gso_for_gets_the_packets_one_by_one(ports, monkeypatch):
+def test_a_socket_the_kernel_refuses_gso_for_gets_the_packets_one_by_one(ports, request):
     pair = ports.allocate()
     # A socket that sends without UDP checksums: Linux refuses it GSO (EINVAL).
     pair.rtp.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_NO_CHECK", 11), 1)
-    monkeypatch.setattr(session_module._Gso, "works", True)
+    request.addfinalizer(lambda: enable_gso(True))  # for the tests that follow
     logged: list[str] = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
         peer.bind(("127.0.0.1", 0))
@@ -249,5 +252,34 @@ def test_a_socket_the_kernel_refuses_gso_for_gets_the_packets_one_by_one(ports, 
             sender.close()
     assert [RtpPacket.parse(d).payload for d in got] == _unit() * 2
     assert logged == ["rtp_gso_off"]  # found out once, then not tried again
-    assert not session_module._Gso.works
+    assert not gso_enabled()
     assert sender.stats.packets_sent == 14 and sender.stats.send_errors == 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 127), st.booleans(), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF),
+       st.integers(0, 0xFFFFFFFF), st.lists(st.binary(min_size=1, max_size=1400), min_size=1,
+                                            max_size=8))
+def test_the_compiled_sender_writes_what_rtp_packet_writes(pt, marker, seq, ts, ssrc, payloads):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        sender = RtpSender("127.0.0.1", peer.getsockname()[1], pt, ssrc)
+        sent, size, errors, stopped, refused = sender.send(out.fileno(), payloads, seq, ts, marker)
+        assert (sent, size, errors, stopped, refused) == (
+            len(payloads), sum(map(len, payloads)), 0, len(payloads), 0)
+        got = _received(peer)
+    last = len(payloads) - 1
+    assert got == [bytes(RtpPacket(pt, (seq + i) & 0xFFFF, ts, ssrc, p, marker and i == last))
+                   for i, p in enumerate(payloads)]
+
+
+def test_the_compiled_sender_takes_ipv4_and_bytes_only():
+    for host in ("localhost", "::1", "300.1.2.3"):
+        with pytest.raises(ValueError):
+            RtpSender(host, 5004, 96, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out, pytest.raises(TypeError):
+        RtpSender("127.0.0.1", 5004, 96, 1).send(out.fileno(), ["text"], 0, 0, True)
+    # A closed socket: the kernel refuses the descriptor, the packets count as errors.
+    assert RtpSender("127.0.0.1", 5004, 96, 1).send(-1, [b"x", b"y"], 0, 0, True)[:4] == (
+        0, 0, 2, 2)

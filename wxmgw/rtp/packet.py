@@ -132,9 +132,9 @@ def fixed_header(
     """The 12-byte fixed header of RFC 3550 §5.1, version 2.
 
     ``flags`` are the first octet's P and X bits and CSRC count; 0 for a
-    packet with none, which is all a sender of the gateway sends: its
-    header followed by the payload is the whole packet, built with no
-    :class:`RtpPacket` in between.
+    packet with none, whose header followed by the payload is the whole
+    packet. (The gateway's own senders write theirs in C, in
+    :mod:`wxmgw.rtp._send`, whose datagrams the tests parse back here.)
     """
     return _HEADER.pack(
         0x80 | flags, payload_type | 0x80 if marker else payload_type, sequence_number,

@@ -24,35 +24,38 @@ sending session with ``history`` keeps that many seconds of sent packets and
 resends what a NACK names, each number at most once per
 ``RESEND_INTERVAL`` and no more than ``RESEND_RATE`` packets a second.
 
-A run of equal-sized packets (an access unit's FU-A fragments) leaves in one
-``sendmsg`` with UDP generic segmentation offload (``UDP_SEGMENT``, Linux
-4.18): the kernel cuts it into the same datagrams, for one system call and
-one trip down the stack instead of one per packet. Where the kernel or the
-interface refuses it, the process sends packet by packet from then on.
+Packets are sent by :class:`~wxmgw.rtp._send.RtpSender` (compiled): each
+header and payload leave as they are, in one ``sendmsg``, and a run of
+equal-sized packets (an access unit's FU-A fragments) in one ``sendmsg`` with
+UDP generic segmentation offload, which the kernel cuts into the same
+datagrams; where the kernel refuses GSO, the process sends packet by packet
+from then on (logged once, ``rtp_gso_off``).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 import gevent
+from gevent.socket import wait_write
 
 from wxmgw.errors import ParseError
 from wxmgw.hubloop import MEDIA_PRIORITY, wait_watcher
 from wxmgw.ports import PortPair
 from wxmgw.rtp import rtcp
+from wxmgw.rtp._send import RtpSender
 from wxmgw.rtp.jitter import Gap, JitterBuffer
-from wxmgw.rtp.packet import HEADER_SIZE, RtpPacket, fixed_header, is_rtcp
+from wxmgw.rtp.packet import RtpPacket, is_rtcp
 from wxmgw.rtp.seq import TimestampUnwrapper, seq_ahead
 from wxmgw.supervise import Worker, worst
 
@@ -65,20 +68,8 @@ RESEND_RATE = 250
 #: Sequence numbers whose last resend is remembered before the old ones are forgotten.
 _RESENT_MEMORY = 2048
 _MAX_DATAGRAM = 65536
-#: Linux's UDP GSO option (``linux/udp.h``); Python names it from 3.12 only.
-_UDP_SEGMENT: Final = getattr(socket, "UDP_SEGMENT", 103)
-#: Most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS) and most bytes.
-_GSO_SEGMENTS: Final = 64
-_GSO_BYTES: Final = 60000
-#: What a kernel or an interface without UDP GSO answers a GSO send.
-_NO_GSO: Final = frozenset((errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
-_SEGMENT_SIZE: Final = struct.Struct("=H")
-
-
-class _Gso:
-    """Whether this process still sends runs of packets with UDP GSO (see the module docstring)."""
-
-    works = True
+#: How long a sender waits for room in a full socket buffer before it drops what is left.
+_SEND_WAIT = 0.5
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, tuple[str, int]] | None:
@@ -246,8 +237,8 @@ class RtpSession:
     ) -> None:
         self.pair = pair
         self.name = name
-        self.remote = remote
         self.send_config = send
+        self.remote = remote
         self.receive_config = receive
         self.on_media = on_media
         self.on_feedback = on_feedback
@@ -265,9 +256,10 @@ class RtpSession:
             if receive
             else None
         )
-        # Resend history: (seq, datagram, when sent) of the last ``history`` seconds, in
-        # sending order, so consecutive sequence numbers (a resend is not added again).
-        self._history: deque[tuple[int, bytes, float]] | None = (
+        # Resend history: (seq, payload, when sent, RTP timestamp, marker) of the last
+        # ``history`` seconds, in sending order, so consecutive sequence numbers (a
+        # resend is not added again).
+        self._history: deque[tuple[int, bytes, float, int, bool]] | None = (
             deque() if send is not None and send.history > 0 else None
         )
         self._resent_at: dict[int, float] = {}
@@ -308,6 +300,18 @@ class RtpSession:
                  worker=loop.strip("_"), retryIn=retry_in)
 
     @property
+    def remote(self) -> tuple[str, int] | None:
+        """Where packets are sent (an IPv4 address and a port), None before it is known."""
+        return self._remote
+
+    @remote.setter
+    def remote(self, remote: tuple[str, int] | None) -> None:
+        config = self.send_config
+        self._sender = (RtpSender(remote[0], remote[1], config.payload_type, config.ssrc)
+                        if config is not None and remote is not None else None)
+        self._remote = remote
+
+    @property
     def state(self) -> str:
         """``running``, or ``failed: why`` while a loop waits for its restart."""
         return worst(w.state for w in self._workers)
@@ -343,68 +347,39 @@ class RtpSession:
     ) -> None:
         """Send packets with consecutive numbers and one timestamp (an access
         unit's), ``marker`` on the last one; see :meth:`send`."""
-        config, remote = self.send_config, self.remote
-        if config is None or remote is None or self.closed or not payloads:
+        config, sender = self.send_config, self._sender
+        if config is None or sender is None or self.closed or not payloads:
             return
         rtp_ts = (self._ts_base + timestamp) & 0xFFFFFFFF
-        seq, pt, ssrc, count = self._seq, config.payload_type, config.ssrc, len(payloads)
-        if count == 1:  # most packets: audio
-            datagrams = [fixed_header(pt, marker, seq, rtp_ts, ssrc) + payloads[0]]
-        else:
-            datagrams = [
-                fixed_header(pt, marker and i == count - 1, (seq + i) & 0xFFFF, rtp_ts, ssrc) + p
-                for i, p in enumerate(payloads)
-            ]
+        seq, count = self._seq, len(payloads)
         history = self._history
         if history is not None:
-            now = self.clock()
-            history.extend(((seq + i) & 0xFFFF, d, now) for i, d in enumerate(datagrams))
+            now, last = self.clock(), count - 1
+            history.extend(((seq + i) & 0xFFFF, p, now, rtp_ts, marker and i == last)
+                           for i, p in enumerate(payloads))
             oldest = now - config.history
             while history[0][2] < oldest:
                 history.popleft()
         self._seq = (seq + count) & 0xFFFF
         self._last_sent = (rtp_ts, media_time)
-        start = 0
-        while start < count:  # runs that GSO can cut: equal sizes, the last may be shorter
-            size = total = len(datagrams[start])
-            end = start + 1
-            while end < count and end - start < _GSO_SEGMENTS:
-                following = len(datagrams[end])
-                if following > size or total + following > _GSO_BYTES:
-                    break
-                total += following
-                end += 1
-                if following < size:
-                    break
-            self._transmit(datagrams[start:end] if count > 1 else datagrams, size, remote)
-            start = end
-
-    def _transmit(self, datagrams: list[bytes], size: int, remote: tuple[str, int]) -> None:
-        """Datagrams of ``size`` bytes but the last, shorter or not, to ``remote``."""
-        sock, stats = self.pair.rtp, self.stats
-        if len(datagrams) > 1 and _Gso.works:
-            try:
-                sock.sendmsg(datagrams, [(socket.SOL_UDP, _UDP_SEGMENT, _SEGMENT_SIZE.pack(size))],
-                             0, remote)
-            except OSError as e:
-                if e.errno not in _NO_GSO:
-                    stats.send_errors += len(datagrams)
-                    return
-                _Gso.works = False
+        sock, stats, start = self.pair.rtp, self.stats, 0
+        for attempt in range(2):
+            sent, size, errors, start, refused = sender.send(
+                sock.fileno(), payloads, seq, rtp_ts, marker, start)
+            stats.packets_sent += sent
+            stats.bytes_sent += size
+            stats.send_errors += errors
+            if refused:
                 self.log("rtp_gso_off", logging.WARNING, session=self.name,
-                         error=f"{type(e).__name__}: {e}")
-            else:
-                stats.packets_sent += len(datagrams)
-                stats.bytes_sent += sum(map(len, datagrams)) - HEADER_SIZE * len(datagrams)
+                         error=f"{errno.errorcode.get(refused, refused)}: {os.strerror(refused)}")
+            if start == count:
                 return
-        for data in datagrams:
-            try:
-                sock.sendto(data, remote)
-            except OSError:
-                stats.send_errors += 1
-                continue
-            stats.packets_sent += 1
-            stats.bytes_sent += len(data) - HEADER_SIZE
+            if attempt == 0:
+                try:  # the socket's buffer is full: wait for room once, as gevent's sendto does
+                    wait_write(sock.fileno(), _SEND_WAIT)
+                except (TimeoutError, OSError):
+                    break
+        stats.send_errors += count - start
 
     # -- receiving -----------------------------------------------------------------
 
@@ -584,8 +559,8 @@ class RtpSession:
 
     def _resend(self, lost: list[int], now: float) -> None:
         """Send again, as they were, the packets a NACK names that are still in the history."""
-        history = self._history
-        if history is None or self.remote is None or self.closed:
+        history, sender = self._history, self._sender
+        if history is None or sender is None or self.closed:
             self.stats.resend_missed += len(lost)
             return
         assert self.send_config is not None
@@ -610,12 +585,12 @@ class RtpSession:
                 continue  # already on its way
             self._resent_at[seq] = now
             self._resend_tokens -= 1
-            try:
-                self.pair.rtp.sendto(slot[1], self.remote)
-            except OSError:
+            _, payload, _, rtp_ts, marker = slot
+            sent, _, _, _, _ = sender.send(self.pair.rtp.fileno(), (payload,), seq, rtp_ts, marker)
+            if sent:
+                self.stats.resent += 1
+            else:
                 self.stats.send_errors += 1
-                continue
-            self.stats.resent += 1
 
     def _note_blocks(self, blocks: list[rtcp.ReportBlock]) -> None:
         for block in blocks:
