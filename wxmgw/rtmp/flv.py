@@ -62,9 +62,13 @@ class ConfigRefused(ParseError):
     """A sequence header (AudioSpecificConfig, avcC) outside what a mini-program sends."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AacPacket:
-    """An AAC audio tag body: ``data`` is the AudioSpecificConfig or one raw frame."""
+    """An AAC audio tag body: ``data`` is the AudioSpecificConfig or one raw frame.
+
+    Not frozen, as :class:`~wxmgw.rtmp.chunk.Message`: one is made for every
+    audio message, and nothing changes one once made.
+    """
 
     packet_type: int
     data: bytes
@@ -80,11 +84,12 @@ class AacPacket:
         return bytes((_AAC, self.packet_type)) + self.data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AvcPacket:
     """An AVC video tag body: ``data`` is the avcC, or length-prefixed NAL units.
 
-    ``composition_time`` is pts - dts in milliseconds (signed 24 bits).
+    ``composition_time`` is pts - dts in milliseconds (signed 24 bits). Not
+    frozen, as :class:`AacPacket`.
     """
 
     packet_type: int
