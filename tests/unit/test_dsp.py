@@ -9,7 +9,7 @@ from av.audio.codeccontext import AudioCodecContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wxmgw.media._dsp import RateConverter
+from wxmgw.media._dsp import RateConverter, ToRate
 from wxmgw.media.dsp import G711
 from wxmgw.media.frames import Pcm
 
@@ -108,3 +108,14 @@ def test_float_samples_are_scaled_and_clipped() -> None:
                           RateConverter(48000, 8000)(wide[::2].copy()))
     odd = np.array([np.nan, np.inf, -np.inf] * 320, np.float32)
     assert len(RateConverter(48000, 8000)(odd, 32768.0)) == 160
+
+
+def test_to_rate_follows_each_chunks_rate_and_scales_floats() -> None:
+    to_rate = ToRate(8000)
+    same = np.arange(-80, 80, dtype=np.int16)
+    assert np.array_equal(to_rate(same, 8000), same)  # no conversion at the output's rate
+    floats = np.array([-1.5, -1.0, 0.5, 0.99999], np.float32)
+    assert to_rate(floats, 8000).tolist() == [-32768, -32768, 16384, 32767]  # clipped
+    assert len(to_rate(np.zeros(960, np.int16), 48000)) == 160  # a converter for 48 kHz
+    assert len(to_rate(np.zeros(320, np.float32), 16000)) == 160  # renewed for 16 kHz
+    assert to_rate.rate_out == 8000

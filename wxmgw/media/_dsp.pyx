@@ -8,6 +8,7 @@
   call per 20 ms frame or AAC frame, so the filter itself is the work: a
   tight loop with eight partial sums, no Python objects per sample. The
   design is in ``_bank``.
+  :class:`ToRate` renews one when a stream's rate changes.
 * :func:`g711_encode` and :func:`g711_decode` apply G.711's look-up tables
   (filled from FFmpeg's coder by ``dsp.G711``) to a 20 ms packet: a C loop
   instead of numpy's fancy indexing, a quarter of its time for 160 samples.
@@ -141,6 +142,37 @@ cdef class RateConverter:
         if count:
             memcpy(&buf[0], &buf[count], keep * sizeof(float))
         return out
+
+
+cdef class ToRate:
+    """One stream's mono samples, at whatever rate each chunk comes (AAC's SBR or
+    a new sequence header change it), to int16 at ``rate_out``.
+
+    Samples are int16, or float32 in [-1, 1]; a :class:`RateConverter` made
+    for the chunks' rate converts them, renewed when that rate changes (its
+    history starts silent again).
+    """
+
+    cdef readonly int rate_out
+    cdef int _source
+    cdef RateConverter _convert
+
+    def __init__(self, int rate_out):
+        self.rate_out = rate_out
+        self._source = 0
+        self._convert = None
+
+    def __call__(self, samples, int rate):
+        """``samples`` at ``rate`` Hz as int16 at :attr:`rate_out`."""
+        if rate != self._source:
+            self._source = rate
+            self._convert = RateConverter(rate, self.rate_out) if rate != self.rate_out else None
+        cdef bint floats = samples.dtype.kind == "f"
+        if self._convert is not None:
+            return self._convert(samples, 32768.0 if floats else 1.0)
+        if floats:
+            return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
+        return samples.astype(np.int16, copy=False)
 
 
 def g711_encode(const unsigned char[::1] table not None, const short[:] pcm not None):

@@ -2,9 +2,7 @@
 
 from collections.abc import Iterable
 
-import numpy as np
-import numpy.typing as npt
-
+from wxmgw.media._dsp import ToRate
 from wxmgw.media.frames import Pcm
 
 SAMPLE_FORMATS: dict[str, int]
@@ -25,6 +23,4 @@ class Decoder:
         channels_allowed: tuple[int, ...],
         rates: tuple[int, ...],
     ) -> None: ...
-    def decode(
-        self, payload: bytes, samples_allowed: tuple[int, ...]
-    ) -> list[tuple[npt.NDArray[np.float32] | Pcm, int]]: ...
+    def decode(self, payload: bytes, samples_allowed: tuple[int, ...], to_rate: ToRate) -> Pcm: ...

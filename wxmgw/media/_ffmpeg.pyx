@@ -32,6 +32,8 @@ from libc.string cimport memcpy
 
 import numpy as np
 
+from wxmgw.media.frames import NO_SAMPLES
+
 cdef extern from "<dlfcn.h>" nogil:
     void *dlopen(const char *filename, int flags)
     void *dlsym(void *handle, const char *symbol)
@@ -305,14 +307,16 @@ cdef class Decoder:
         if self._ctx != NULL:
             api.free_context(&self._ctx)
 
-    def decode(self, bytes payload, tuple samples_allowed):
-        """The frames ``payload`` decodes to, as ``(samples, rate)`` pairs.
+    def decode(self, bytes payload, tuple samples_allowed, to_rate):
+        """The samples ``payload`` decodes to, through ``to_rate`` (a
+        :class:`~wxmgw.media._dsp.ToRate`: int16 at its rate), none for a
+        payload that completes no frame.
 
-        ``samples`` is one channel, as decoded (float32 in [-1, 1] or int16):
-        the frame's plane when it has one, the two channels averaged when two.
-        Raises :class:`Undecodable` when FFmpeg refuses the payload,
-        :class:`Dropped` when a frame is not as declared (the decoder should
-        then be opened anew: FFmpeg's AAC decoder keeps a
+        Each frame's samples are one channel, as decoded (float32 in [-1, 1]
+        or int16): the frame's plane when it has one, the two channels
+        averaged when two. Raises :class:`Undecodable` when FFmpeg refuses the
+        payload, :class:`Dropped` when a frame is not as declared (the decoder
+        should then be opened anew: FFmpeg's AAC decoder keeps a
         program_config_element's channels for the frames that follow).
         """
         cdef AVPacket *packet = self._packet
@@ -330,13 +334,17 @@ cdef class Decoder:
             with nogil:
                 code = api.receive_frame(self._ctx, self._frame)
             if code == _EAGAIN or code == _AVERROR_EOF:
-                return out
+                break
             if code < 0:
                 raise Undecodable(_error(code))
             try:
-                out.append(self._take(samples_allowed))
+                samples, rate = self._take(samples_allowed)
             finally:
                 api.frame_unref(self._frame)
+            out.append(to_rate(samples, rate))
+        if len(out) == 1:
+            return out[0]
+        return np.concatenate(out) if out else NO_SAMPLES
 
     cdef tuple _take(self, tuple samples_allowed):
         cdef AVFrame *frame = self._frame

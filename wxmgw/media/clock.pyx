@@ -42,11 +42,10 @@ from enum import Enum
 
 import numpy as np
 
-from wxmgw.media.frames import AUDIO_FRAME_SECONDS, AudioFrame
+from wxmgw.media.frames import AUDIO_FRAME_SECONDS, NO_SAMPLES, AudioFrame
 
 from libc.math cimport INFINITY
 
-_NO_SAMPLES = np.zeros(0, np.int16)
 
 
 class Placement(Enum):
@@ -170,7 +169,7 @@ cdef class PcmFramer:
 
     def __init__(self, Py_ssize_t size=960):
         self._size = size
-        self._pending = _NO_SAMPLES
+        self._pending = NO_SAMPLES
 
     @property
     def pending(self):

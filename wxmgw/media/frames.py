@@ -25,6 +25,9 @@ AUDIO_FRAME_SAMPLES = 960
 AUDIO_FRAME_SECONDS = AUDIO_FRAME_SAMPLES / AUDIO_RATE
 
 Pcm = npt.NDArray[np.int16]
+#: No samples: what a decoder or a framer hands out when it has none (read-only).
+NO_SAMPLES: Pcm = np.zeros(0, np.int16)
+NO_SAMPLES.flags.writeable = False
 
 
 @dataclass(slots=True)

@@ -31,22 +31,19 @@ from typing import Final
 
 import av
 import numpy as np
-import numpy.typing as npt
 from av.audio.codeccontext import AudioCodecContext
 from av.audio.frame import AudioFrame
 
 from wxmgw.codecs.aac import AudioSpecificConfig
 from wxmgw.errors import InvalidArgument, MediaError
-from wxmgw.media._dsp import RateConverter
+from wxmgw.media._dsp import ToRate
 from wxmgw.media._ffmpeg import Decoder, Dropped, Undecodable
 from wxmgw.media.clock import PcmFramer
 from wxmgw.media.dsp import G711, rate_converter
-from wxmgw.media.frames import AUDIO_RATE, Pcm
+from wxmgw.media.frames import AUDIO_RATE, NO_SAMPLES, Pcm
 
 _PACKET_MS = 20
 _G711 = ("pcm_alaw", "pcm_mulaw")
-_NO_SAMPLES: Pcm = np.zeros(0, np.int16)
-_NO_SAMPLES.flags.writeable = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +155,8 @@ class AudioDecoder:
     """Decodes one stream's payloads to mono int16 at ``out_rate`` (48 kHz unless asked).
 
     G.711 is a table look-up: no FFmpeg call at all for PCMA and PCMU, one
-    per packet for G.722 and Opus (and for G.711 in stereo). Every rate
+    per packet for G.722 and Opus (and for G.711 in stereo), which also
+    converts what it decoded (:class:`~wxmgw.media._dsp.ToRate`). Every rate
     reaches ``out_rate`` straight through one
     :class:`~wxmgw.media._dsp.RateConverter`: a leg that
     only re-encodes to an 8 or 16 kHz codec asks for that rate and saves the
@@ -166,8 +164,8 @@ class AudioDecoder:
     """
 
     __slots__ = (
-        "_channels", "_convert", "_declared", "_decoder", "_extradata", "_g711", "_in_rate",
-        "_name", "_rate", "_source",
+        "_channels", "_declared", "_decoder", "_extradata", "_g711", "_in_rate", "_name",
+        "_to_rate",
     )
 
     def __init__(
@@ -200,17 +198,14 @@ class AudioDecoder:
             self._declared = _Declared("s16", (channels,), (rate,))
         self._name = ffmpeg_name
         self._channels = channels
-        self._rate = out_rate
-        self._source = 0  # the rate of the frames ``_convert`` takes
-        self._convert: RateConverter | None = None
+        self._in_rate = rate
+        self._to_rate = ToRate(out_rate)
         self._decoder: Decoder | None = None
         self._g711: G711 | None = None
         if ffmpeg_name in _G711 and channels == 1 and rate == 8000:
             self._g711 = G711(ffmpeg_name)
-            self._convert = rate_converter(rate, out_rate)
             return
         self._extradata = extradata or b""
-        self._in_rate = rate
         self._decoder = self._open()
 
     def _open(self) -> Decoder:
@@ -232,40 +227,20 @@ class AudioDecoder:
         keeps a program_config_element's channels for the frames that follow).
         """
         if not payload:
-            return _NO_SAMPLES
+            return NO_SAMPLES
         if self._g711 is not None:  # one sample per byte, by construction
-            pcm = self._g711.decode(payload)
-            return self._convert(pcm) if self._convert is not None else pcm
+            return self._to_rate(self._g711.decode(payload), self._in_rate)
         assert self._decoder is not None
         declared = self._declared
         samples = declared.samples or (_payload_samples(self._name, payload, self._channels),)
         try:
-            frames = self._decoder.decode(payload, samples)
+            pcm: Pcm = self._decoder.decode(payload, samples, self._to_rate)
         except Dropped as e:
             self._decoder = self._open()
             raise DroppedFrame(str(e)) from None
         except Undecodable as e:
             raise MediaError(f"undecodable {self._name} payload: {e}") from e
-        return _joined([self._to_internal(mono, rate) for mono, rate in frames])
-
-    def _to_internal(self, mono: npt.NDArray[np.float32] | Pcm, rate: int) -> Pcm:
-        # A stream may change rate (AAC's SBR, a new sequence header): the
-        # conversion is made for one input rate, so renew it.
-        if rate != self._source:
-            self._source = rate
-            self._convert = rate_converter(rate, self._rate)
-        floats = mono.dtype.kind == "f"
-        if self._convert is not None:
-            return self._convert(mono, 32768.0 if floats else 1.0)
-        if floats:
-            return np.clip(np.rint(mono * 32768.0), -32768, 32767).astype(np.int16)
-        return mono.astype(np.int16, copy=False)
-
-
-def _joined(chunks: list[Pcm]) -> Pcm:
-    if len(chunks) == 1:
-        return chunks[0]
-    return np.concatenate(chunks) if chunks else _NO_SAMPLES
+        return pcm
 
 
 class AudioEncoder:
