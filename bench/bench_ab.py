@@ -36,14 +36,13 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from common import (  # noqa: E402
-    AUDIO_PT,
-    VIDEO_PT,
     MasPeer,
     cpu_times,
     kill_all,
     make_live_clip,
     publish_loop,
     rtp_continuity,
+    start_pulls,
     tpy,
     wait_publishing,
 )
@@ -61,14 +60,7 @@ def pulling(tmp: Path, root: Path, live: NginxRtmp, n: int) -> Iterator[tuple[Ga
     try:
         client = make_client(tpy.WxMgw, "127.0.0.1", gw.thrift_port, timeout=20000)
         try:
-            for i in range(n):
-                audio, video = peer.add().ports
-                r = client.StartPull(tpy.StartPullReq(
-                    uuid=f"mp{i}", pullUrl=live.rtmp_url(f"mp{i}"), ssrc=1000 + i,
-                    masIp="127.0.0.1", audioPort=audio, videoPort=video,
-                    audioPayloadType=AUDIO_PT, audioCodec="PCMA", videoPayloadType=VIDEO_PT,
-                    VideoCodec="H264", pushAudioUrl="", confId=f"c{i}"))
-                assert r.code == 0, r.message
+            start_pulls(client, live, peer, n)
         finally:
             client.close()
         peer.start()

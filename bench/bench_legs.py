@@ -85,6 +85,7 @@ from common import (  # noqa: E402
     rtp2rtmp_cmd,
     rtp_continuity,
     spawn,
+    start_pulls,
     tpy,
     wait_publishing,
 )
@@ -187,14 +188,7 @@ def rtmp2rtp_wxmgw(tmp: Path, live: NginxRtmp, n: int, run: int, args: Namespace
         try:
             proc = psutil.Process(gw.proc.pid)
             idle = rss([proc])
-            for i in range(n):
-                audio, video = peer.add().ports
-                r = client.StartPull(tpy.StartPullReq(
-                    uuid=f"mp{i}", pullUrl=live.rtmp_url(f"mp{i}"), ssrc=1000 + i,
-                    masIp="127.0.0.1", audioPort=audio, videoPort=video,
-                    audioPayloadType=AUDIO_PT, audioCodec="PCMA", videoPayloadType=VIDEO_PT,
-                    VideoCodec="H264", pushAudioUrl="", confId=f"c{i}"))
-                assert r.code == 0, r.message
+            start_pulls(client, live, peer, n)
             peer.start()
             return window("rtmp2rtp", "wxmgw", n, run,
                           Setup([proc], peer, idle_rss=idle, gateway=gw), args)

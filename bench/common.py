@@ -530,6 +530,19 @@ class MasPeer:
             leg.video.close()
 
 
+def start_pulls(client: Any, live: Any, peer: MasPeer, n: int) -> None:
+    """StartPull (PCMA + H.264) of streams ``mp0``… of ``live`` (a ``NginxRtmp``), each
+    to a leg of its own at ``peer``, through ``client`` (the gateway's Thrift)."""
+    for i in range(n):
+        audio, video = peer.add().ports
+        r = client.StartPull(tpy.StartPullReq(
+            uuid=f"mp{i}", pullUrl=live.rtmp_url(f"mp{i}"), ssrc=1000 + i,
+            masIp="127.0.0.1", audioPort=audio, videoPort=video,
+            audioPayloadType=AUDIO_PT, audioCodec="PCMA", videoPayloadType=VIDEO_PT,
+            VideoCodec="H264", pushAudioUrl="", confId=f"c{i}"))
+        assert r.code == 0, r.message
+
+
 class CountPlayer(Player):
     """Counts the video frames and AAC audio seconds that arrive, and their media time."""
 
