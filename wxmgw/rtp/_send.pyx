@@ -139,7 +139,7 @@ cdef class RtpSender:
         cdef int refused = 0, error
         cdef unsigned char headers[MAX_SEGMENTS][HEADER]
         cdef iovec vectors[2 * MAX_SEGMENTS]
-        cdef char control[64]  # CMSG_SPACE(2) and then some
+        cdef size_t control[8]  # CMSG_SPACE(2) and then some, aligned as a cmsghdr
         cdef msghdr message
         cdef cmsghdr *option
         cdef uint16_t segment
