@@ -32,8 +32,8 @@ import gevent
 from wxmgw.errors import WxmgwError
 from wxmgw.legs.base import Flow, Leg, LegContext, received
 from wxmgw.legs.flvpush import FlvPublisher
+from wxmgw.media._dsp import rate_converter
 from wxmgw.media.clock import RTP_RULES, AudioFramer, ClockRules, Placement, SampleClock
-from wxmgw.media.dsp import rate_converter
 from wxmgw.media.frames import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_RATE,

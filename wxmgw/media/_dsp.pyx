@@ -144,6 +144,11 @@ cdef class RateConverter:
         return out
 
 
+cpdef RateConverter rate_converter(int rate, int out):
+    """Streaming ``rate`` -> ``out`` Hz conversion; None when the rates are the same."""
+    return RateConverter(rate, out) if rate != out else None
+
+
 cdef class ToRate:
     """One stream's mono samples, at whatever rate each chunk comes (AAC's SBR or
     a new sequence header change it), to int16 at ``rate_out``.
@@ -166,7 +171,7 @@ cdef class ToRate:
         """``samples`` at ``rate`` Hz as int16 at :attr:`rate_out`."""
         if rate != self._source:
             self._source = rate
-            self._convert = RateConverter(rate, self.rate_out) if rate != self.rate_out else None
+            self._convert = rate_converter(rate, self.rate_out)
         cdef bint floats = samples.dtype.kind == "f"
         if self._convert is not None:
             return self._convert(samples, 32768.0 if floats else 1.0)

@@ -26,13 +26,8 @@ import numpy as np
 import numpy.typing as npt
 from av.audio.codeccontext import AudioCodecContext
 
-from wxmgw.media._dsp import RateConverter, g711_decode, g711_encode
+from wxmgw.media._dsp import g711_decode, g711_encode
 from wxmgw.media.frames import Pcm
-
-
-def rate_converter(rate: int, out: int) -> RateConverter | None:
-    """Streaming ``rate`` -> ``out`` Hz conversion; None when the rates are the same."""
-    return RateConverter(rate, out) if rate != out else None
 
 
 class G711:

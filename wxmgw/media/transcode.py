@@ -6,7 +6,7 @@ PyAV; decoders, which run on every AAC frame of every pull leg, are called
 from C (:mod:`wxmgw.media._ffmpeg`, in the FFmpeg PyAV loaded). The
 gateway's internal format is mono 48 kHz int16 (see ``frames.py``); the RTP
 codecs sample at 8, 16 or 48 kHz and AAC mostly at 44.1 kHz. Every rate
-change is the gateway's own compiled filter (``dsp.rate_converter``), not
+change is the gateway's own compiled filter (``_dsp.rate_converter``), not
 libswresample: PyAV's filter graph cost a push, a pull, an exception when
 empty and a ``Fraction`` per frame, twice the filtering itself.
 
@@ -36,10 +36,10 @@ from av.audio.frame import AudioFrame
 
 from wxmgw.codecs.aac import AudioSpecificConfig
 from wxmgw.errors import InvalidArgument, MediaError
-from wxmgw.media._dsp import ToRate
+from wxmgw.media._dsp import ToRate, rate_converter
 from wxmgw.media._ffmpeg import Decoder, Dropped, Undecodable
 from wxmgw.media.clock import PcmFramer
-from wxmgw.media.dsp import G711, rate_converter
+from wxmgw.media.dsp import G711
 from wxmgw.media.frames import AUDIO_RATE, NO_SAMPLES, Pcm
 
 _PACKET_MS = 20
