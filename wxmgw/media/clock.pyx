@@ -124,11 +124,10 @@ cdef class SampleClock:
     @property
     def next(self):
         """The media time of the next sample; only once started."""
-        assert self._started
-        return self._start + <double>self.count / self.rate
+        return self.time_of(self.count)
 
-    def time_of(self, long long sample):
-        """The media time of sample number ``sample`` of the count."""
+    cpdef double time_of(self, long long sample):
+        """The media time of sample number ``sample`` of the count; only once started."""
         assert self._started
         return self._start + <double>sample / self.rate
 
@@ -142,7 +141,7 @@ cdef class SampleClock:
             self._start = ts - <double>self.count / self.rate
             self._started = True
             return _NEXT
-        cdef double off = ts - (self._start + <double>self.count / self.rate)
+        cdef double off = ts - self.time_of(self.count)
         cdef ClockRules rules = self.rules
         if off > rules.gap:
             self._start += off
@@ -214,15 +213,13 @@ cdef class AudioFramer:
         cdef Py_ssize_t n = len(pcm)
         if clock.place(ts, n) is _BACKLOG:
             return []
-        clock.count += n
+        clock.advance(n)
         chunks = self._framer.push(pcm)
         if not chunks:
             return []
         cdef Py_ssize_t size = self._size
         cdef long long first = clock.count - len(self._framer._pending) - len(chunks) * size
-        cdef double start = clock._start
-        cdef int rate = clock.rate
-        return [AudioFrame(chunk, start + <double>(first + i * size) / rate, arrived)
+        return [AudioFrame(chunk, clock.time_of(first + i * size), arrived)
                 for i, chunk in enumerate(chunks)]
 
 
