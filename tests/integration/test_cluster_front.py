@@ -17,6 +17,7 @@ video.
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import urllib.request
@@ -180,7 +181,7 @@ def test_a_killed_front_loses_nothing(stack: Cluster) -> None:
         try:
             return b.request("/", json.dumps(message("wxjoinconf", f"late-{i}",
                                                      confs[i % 4])).encode())[0]
-        except OSError:
+        except (OSError, http.client.HTTPException):  # refused, reset, or a reply cut short
             return None
 
     burst = Pool(16).map_async(join_late, range(16))
