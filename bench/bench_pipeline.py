@@ -42,8 +42,9 @@ from common import LIVE_FPS, make_live_clip  # noqa: E402
 
 from wxmgw.legs.rtmp2rtp import AudioSender, VideoSender  # noqa: E402
 from wxmgw.media.clock import AudioFramer, ClockRules  # noqa: E402
+from wxmgw.media.flvframes import AUDIO_GAP, FlvToFrames  # noqa: E402
 from wxmgw.media.frames import AudioFrame, Pcm  # noqa: E402
-from wxmgw.media.rtmp_reader import AUDIO_GAP, RtmpReader, _FlvToFrames  # noqa: E402
+from wxmgw.media.rtmp_reader import RtmpReader  # noqa: E402
 from wxmgw.media.transcode import AudioDecoder, audio_codec  # noqa: E402
 from wxmgw.ports import PortAllocator, PortPair  # noqa: E402
 from wxmgw.rtmp.chunk import AUDIO, VIDEO, ChunkWriter, Message  # noqa: E402
@@ -107,11 +108,12 @@ class Leg:
                                  name="bench", audio_rate=PCMA_RATE)
         self.chunks = ChunkReader()
         self.chunks.chunk_size = NGINX_CHUNK
-        self.flv = _FlvToFrames(PCMA_RATE, self.reader.limits.max_backlog)
+        self.flv = FlvToFrames(PCMA_RATE, self.reader.limits.max_backlog)
 
     def read(self, data: bytes, start: float) -> None:
-        for message in self.chunks.feed(data):
-            self.reader._convert(self.flv, message, start + message.timestamp / 1000)
+        messages = self.chunks.feed(data)
+        if messages:
+            self.flv.deliver(self.reader, messages, start + messages[-1].timestamp / 1000)
 
 
 def cpu() -> tuple[float, float]:

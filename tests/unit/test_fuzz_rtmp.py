@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from wxmgw.codecs.h264 import NAL_IDR, AvcConfig, to_avcc
 from wxmgw.errors import ParseError
-from wxmgw.media.rtmp_reader import _FlvToFrames
+from wxmgw.media.flvframes import FlvToFrames
 from wxmgw.rtmp import amf0, flv
 from wxmgw.rtmp.chunk import (
     AUDIO,
@@ -246,7 +246,7 @@ nalus = st.lists(
 
 @given(nalus, st.integers(0, 2**31), st.booleans())
 def test_avc_tags_read_back_as_written(units: list[bytes], dts: int, keyflag: bool) -> None:
-    reader = _FlvToFrames(audio_rate=48000, max_backlog=0.1)
+    reader = FlvToFrames(audio_rate=48000, max_backlog=0.1)
     assert reader.video(dts, flv.avc_sequence_header(AVCC), 100.0) is None
     frame = reader.video(dts, flv.avc_frame(to_avcc(units), keyflag), 100.0)
     assert frame is not None
@@ -259,7 +259,7 @@ def test_avc_tags_read_back_as_written(units: list[bytes], dts: int, keyflag: bo
 
 @given(st.binary(max_size=600))
 def test_video_tag_bodies_only_raise_parse_error(body: bytes) -> None:
-    reader = _FlvToFrames(audio_rate=48000, max_backlog=0.1)
+    reader = FlvToFrames(audio_rate=48000, max_backlog=0.1)
     with contextlib.suppress(ParseError):
         reader.video(0, flv.avc_sequence_header(AVCC), 0.0)
         reader.video(40, body, 0.04)

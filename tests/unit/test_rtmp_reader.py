@@ -15,8 +15,9 @@ import pytest
 
 from wxmgw.codecs.h264 import AvcConfig, to_avcc
 from wxmgw.errors import ParseError
+from wxmgw.media.flvframes import FlvToFrames
 from wxmgw.media.frames import AudioFrame, VideoFrame
-from wxmgw.media.rtmp_reader import RtmpReader, _FlvToFrames
+from wxmgw.media.rtmp_reader import RtmpReader
 from wxmgw.media.transcode import AudioEncoder
 from wxmgw.rtmp.chunk import AUDIO, VIDEO, Message
 from wxmgw.rtmp.flv import (
@@ -53,11 +54,12 @@ class Pull:
             "rtmp://127.0.0.1/live/x", on_video=self.video.append, on_audio=self.audio.append,
             on_event=lambda kind, info: self.events.append((kind, info)), name="test",
         )
-        self.flv = _FlvToFrames(48000, 0.1)
+        self.flv = FlvToFrames(48000, 0.1)
 
     def feed(self, kind: int, *bodies: bytes) -> None:
         for i, body in enumerate(bodies):
-            self.reader._convert(self.flv, Message(kind, 1, 20 * i, body), 20 * i / 1000)
+            others = self.flv.deliver(self.reader, [Message(kind, 1, 20 * i, body)], 20 * i / 1000)
+            assert others == []
 
 
 def aac_payloads() -> tuple[bytes, list[bytes]]:
@@ -146,7 +148,7 @@ def test_a_gop_burst_is_caught_up_to_live() -> None:
     is arrival time.
     """
     asc, frames = aac_payloads()
-    flv = _FlvToFrames(48000, max_backlog=0.1)
+    flv = FlvToFrames(48000, max_backlog=0.1)
     flv.audio(0, aac_sequence_header(asc), 0.0)
     flv.video(0, avc_header(AVCC), 0.0)
     audio: list[AudioFrame] = []

@@ -19,34 +19,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Final
 
 import gevent
 
-from wxmgw.codecs.h264 import NAL_IDR, NAL_PPS, NAL_SPS, AvcConfig, nal_type, split_avcc
-from wxmgw.errors import MediaError, ParseError
-from wxmgw.media.clock import AudioFramer, ClockRules, LiveTimeline
+from wxmgw.errors import ParseError
 from wxmgw.media.endpoint import EventCallback, RtmpEndpoint
-from wxmgw.media.frames import AUDIO_FRAME_SAMPLES, AUDIO_RATE, AudioFrame, Pcm, VideoFrame
-from wxmgw.media.transcode import AudioDecoder, DroppedFrame
-from wxmgw.rtmp.chunk import AUDIO, DEFAULT_LIMITS, VIDEO, Message, RtmpLimits
+from wxmgw.media.flvframes import AUDIO_GAP, MAX_LAG, FlvToFrames
+from wxmgw.media.frames import AUDIO_RATE, AudioFrame, VideoFrame
+from wxmgw.media.transcode import DroppedFrame
+from wxmgw.rtmp.chunk import DEFAULT_LIMITS, RtmpLimits
 from wxmgw.rtmp.client import RtmpClient, RtmpError
-from wxmgw.rtmp.flv import (
-    END_OF_SEQUENCE,
-    SEQUENCE_HEADER,
-    AacPacket,
-    AvcPacket,
-    ConfigRefused,
-    audio_codec,
-    avc_config,
-    video_codec,
-)
+from wxmgw.rtmp.flv import ConfigRefused
 
-#: An audio timestamp later than the sample count by more than this is a gap.
-AUDIO_GAP: Final = 0.2
-#: Media arriving this much later than its FLV timeline says (the timeline
-#: jumped back, the server stalled) re-anchors the timeline at its arrival.
-MAX_LAG: Final = 0.5
+__all__ = ["AUDIO_GAP", "MAX_LAG", "RtmpReader"]
+
+
 class RtmpReader(RtmpEndpoint):
     """Pulls one RTMP stream and hands out H.264 access units and 20 ms PCM frames.
 
@@ -100,12 +87,12 @@ class RtmpReader(RtmpEndpoint):
         super().__init__(url, name, on_event)
         self.audio_rate = audio_rate
         self.limits = limits
-        self._on_video = on_video
-        self._on_audio = on_audio
+        self.on_video = on_video
+        self.on_audio = on_audio
         self._open_timeout = open_timeout
         self._read_timeout = read_timeout
         self._reported: set[tuple[str, str]] = set()
-        self._flv: _FlvToFrames | None = None  # the session's
+        self._flv: FlvToFrames | None = None  # the session's
         self._past = (0.0, 0.0)  # audio_dropped, behind of the sessions before
 
     @property
@@ -147,132 +134,35 @@ class RtmpReader(RtmpEndpoint):
             client.play(self._read_timeout)
             self._connected()
             self._event("connected")
-            flv = self._flv = _FlvToFrames(self.audio_rate, self.limits.max_backlog)
-            dropping = False
+            flv = self._flv = FlvToFrames(self.audio_rate, self.limits.max_backlog)
             while True:
-                message = client.read()
-                if message.type_id not in (AUDIO, VIDEO) or not message.payload:
-                    continue
-                self.stats.packets += 1
-                self.stats.bytes += len(message.payload)
-                read = time.perf_counter()
-                dropped = flv.audio_dropped
-                self._convert(flv, message, time.monotonic())
-                self._took("video" if message.type_id == VIDEO else "audio", read)
-                if flv.audio_dropped != dropped:
-                    dropping = True
-                elif dropping and message.type_id == AUDIO:
-                    dropping = False
-                    self._caught_up(flv)
+                for message in flv.deliver(self, client.receive(), time.monotonic()):
+                    client.handle(message)
         finally:
             self._past, self._flv = (self.audio_dropped, self.behind), None
             client.close()
 
-    def _caught_up(self, flv: _FlvToFrames) -> None:
+    # -- what FlvToFrames.deliver calls (its FrameOwner) -------------------------------
+
+    def caught_up(self, flv: FlvToFrames) -> None:
         self._event("caught_up", audio_dropped_ms=round(flv.audio_dropped * 1000),
                     behind_ms=round(flv.timeline.behind * 1000))
 
-    def _supported(self, kind: str, codec: str) -> bool:
-        if codec in ("h264", "aac"):
-            return True
+    def unsupported(self, kind: str, codec: str) -> None:
+        """A message of a codec other than H.264 or AAC: reported once per codec."""
         if (kind, codec) not in self._reported:
             self._reported.add((kind, codec))
             self._event("unsupported_codec", kind=kind, codec=codec)
-        return False
 
-    def _convert(self, flv: _FlvToFrames, message: Message, arrival: float) -> None:
-        kind, timestamp, payload = message.type_id, message.timestamp, message.payload
-        try:
-            if kind == VIDEO:
-                codec = video_codec(payload[0])
-                if codec is None or not self._supported("video", codec):
-                    return
-                video = flv.video(timestamp, payload, arrival)
-                if video is not None:
-                    self.stats.frames += 1
-                    self._on_video(video)
-            else:
-                codec = audio_codec(payload[0])
-                if not self._supported("audio", codec):
-                    return
-                for audio in flv.audio(timestamp, payload, arrival):
-                    self.stats.frames += 1
-                    self._on_audio(audio)
-        except ConfigRefused as e:
+    def skipped(self, kind: str, error: Exception) -> None:
+        """A message whose conversion failed: counted by why, a refused config reported once."""
+        self.stats.last_error = reason = str(error)
+        if isinstance(error, ConfigRefused):
             self.stats.configs_refused += 1
-            self.stats.last_error = reason = str(e)
-            track = "video" if kind == VIDEO else "audio"
-            if (track, reason) not in self._reported:
-                self._reported.add((track, reason))
-                self._on_event("track_refused", {"kind": track, "reason": reason})
-        except DroppedFrame as e:
+            if (kind, reason) not in self._reported:
+                self._reported.add((kind, reason))
+                self._on_event("track_refused", {"kind": kind, "reason": reason})
+        elif isinstance(error, DroppedFrame):
             self.stats.frames_dropped += 1
-            self.stats.last_error = str(e)
-        except (ParseError, MediaError) as e:
+        else:
             self.stats.errors += 1
-            self.stats.last_error = str(e)
-
-
-class _FlvToFrames:
-    """One RTMP session's tag bodies to frames: timestamps, avcC, AAC decoding.
-
-    A refused sequence header leaves its track without a config: its frames
-    are skipped until a valid header comes. Audio behind live by more than
-    ``max_backlog`` is dropped (:attr:`audio_dropped`, seconds).
-    """
-
-    def __init__(self, audio_rate: int, max_backlog: float) -> None:
-        self.timeline = LiveTimeline(MAX_LAG, tolerance=max_backlog)
-        self._avc: AvcConfig | None = None
-        self._decoder: AudioDecoder | None = None
-        self._refused = {"video": False, "audio": False}
-        self._rate = audio_rate
-        self._framer = AudioFramer(audio_rate * AUDIO_FRAME_SAMPLES // AUDIO_RATE, audio_rate,
-                                   ClockRules(gap=AUDIO_GAP, backlog=max_backlog))
-
-    @property
-    def audio_dropped(self) -> float:
-        return self._framer.clock.backlog_dropped / self._rate
-
-    def video(self, dts_ms: int, body: bytes, arrival: float) -> VideoFrame | None:
-        """An AVC tag body (E.4.3.1 AVCVIDEOPACKET): a frame, or None for a header or an end."""
-        packet = AvcPacket.parse(body)
-        if packet.packet_type == SEQUENCE_HEADER:
-            self._avc = None
-            self._refused["video"] = True
-            self._avc = avc_config(packet.data)
-            self._refused["video"] = False
-            return None
-        if packet.packet_type == END_OF_SEQUENCE:
-            return None
-        if self._avc is None:
-            if self._refused["video"]:
-                return None
-            raise ParseError("H.264 frame before its sequence header")
-        nalus = split_avcc(packet.data, self._avc.length_size)
-        types = {nal_type(n) for n in nalus}
-        keyframe = NAL_IDR in types
-        if keyframe and not {NAL_SPS, NAL_PPS} <= types:
-            nalus = [*self._avc.sps, *self._avc.pps, *nalus]
-        ts = self.timeline.stamp(dts_ms, arrival) + packet.composition_time / 1000
-        return VideoFrame(nalus, ts, keyframe) if nalus else None
-
-    def audio(self, ms: int, body: bytes, arrival: float) -> list[AudioFrame]:
-        """An AAC tag body (E.4.2.1 AACAUDIODATA): the 20 ms frames it completes."""
-        packet = AacPacket.parse(body)
-        if packet.packet_type == SEQUENCE_HEADER:
-            self._decoder = None
-            self._refused["audio"] = True
-            try:
-                self._decoder = AudioDecoder("AAC", extradata=packet.data, out_rate=self._rate)
-            except (ParseError, MediaError) as e:
-                raise ConfigRefused(f"AudioSpecificConfig refused: {e}") from e
-            self._refused["audio"] = False
-            return []
-        if self._decoder is None:
-            if self._refused["audio"]:
-                return []
-            raise ParseError("AAC frame before its AudioSpecificConfig")
-        ts = self.timeline.stamp(ms, arrival)
-        pcm: Pcm = self._decoder.decode(packet.data)
-        return self._framer.push(pcm, ts)

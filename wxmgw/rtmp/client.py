@@ -197,6 +197,34 @@ class RtmpClient:
                 return message
             self._status(message)
 
+    def receive(self) -> list[Message]:
+        """The messages of the next bytes received (at least one), none handled yet.
+
+        For a player that takes a whole read at once: it hands what is not
+        audio or video to :meth:`handle`, in order.
+        """
+        if self._pending:
+            messages = list(self._pending)
+            self._pending.clear()
+            return messages
+        while True:
+            sock = self._socket()
+            if self._stall_after is not None:
+                self._watch_stall(self._stall_after)
+            data = sock.recv(_RECV_SIZE)
+            if not data:
+                raise RtmpError("connection closed by the server")
+            self._received(len(data))
+            messages = self._reader.feed(data)
+            if messages:
+                return messages
+
+    def handle(self, message: Message) -> None:
+        """What :meth:`read` does with a message that is not media: answer a
+        ping, take a window size, raise at the end of the stream or an error."""
+        if not self._control(message):
+            self._status(message)
+
     def close(self) -> None:
         self._stall_after = None
         if self._stall is not None:
@@ -228,15 +256,8 @@ class RtmpClient:
     def _next(self) -> Message:
         """The next message, protocol control handled here."""
         while True:
-            while not self._pending:
-                sock = self._socket()
-                if self._stall_after is not None:
-                    self._watch_stall(self._stall_after)
-                data = sock.recv(_RECV_SIZE)
-                if not data:
-                    raise RtmpError("connection closed by the server")
-                self._received(len(data))
-                self._pending.extend(self._reader.feed(data))
+            if not self._pending:
+                self._pending.extend(self.receive())
             message = self._pending.popleft()
             if not self._control(message):
                 return message
