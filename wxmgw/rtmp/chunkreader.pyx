@@ -77,6 +77,7 @@ cdef class ChunkReader:
     cdef dict _streams
     cdef Py_ssize_t _buffered  # bytes of partial messages, all chunk streams together
     cdef Py_ssize_t _max_buffered, _max_streams
+    cdef uint32_t _max_message[256]  # limits.max_message of each type id
 
     def __init__(self, limits=DEFAULT_LIMITS):
         self.chunk_size = DEFAULT_CHUNK_SIZE
@@ -86,6 +87,8 @@ cdef class ChunkReader:
         self._buffered = 0
         self._max_buffered = limits.max_buffered
         self._max_streams = limits.max_chunk_streams
+        for type_id in range(256):
+            self._max_message[type_id] = min(limits.max_message(type_id), 0xFFFFFF)
 
     @property
     def buffered(self):
@@ -149,7 +152,7 @@ cdef class ChunkReader:
         if fmt < 2:
             length = _be24(buf + pos + 3)
             type_id = buf[pos + 6]
-            if length > self.limits.max_message(type_id):
+            if length > self._max_message[type_id]:
                 raise ParseError(
                     f"message of {length} bytes (type {type_id}) on chunk stream {csid}"
                 )
