@@ -41,7 +41,7 @@ class VideoFrame:
 
     @property
     def size(self) -> int:
-        return sum(len(n) for n in self.nalus)
+        return sum(map(len, self.nalus))
 
 
 @dataclass(slots=True)

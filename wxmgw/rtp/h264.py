@@ -116,7 +116,7 @@ class H264Packetizer:
         size = -(-len(body) // count)  # then the last has at least one byte
         middle = bytes((indicator, ntype))
         out.append(bytes((indicator, _FU_START | ntype)) + body[:size])
-        out.extend(middle + body[pos:pos + size] for pos in range(size, size * (count - 1), size))
+        out += [middle + body[pos:pos + size] for pos in range(size, size * (count - 1), size)]
         out.append(bytes((indicator, _FU_END | ntype)) + body[size * (count - 1):])
 
 

@@ -355,8 +355,8 @@ class RtpSession:
         history = self._history
         if history is not None:
             now, last = self.clock(), count - 1
-            history.extend(((seq + i) & 0xFFFF, p, now, rtp_ts, marker and i == last)
-                           for i, p in enumerate(payloads))
+            history += [((seq + i) & 0xFFFF, p, now, rtp_ts, marker and i == last)
+                        for i, p in enumerate(payloads)]
             oldest = now - config.history
             while history[0][2] < oldest:
                 history.popleft()
