@@ -32,11 +32,11 @@ from wxmgw.rtmp.chunk import AUDIO, VIDEO
 from wxmgw.rtmp.flv import (
     END_OF_SEQUENCE,
     SEQUENCE_HEADER,
-    AacPacket,
-    AvcPacket,
     ConfigRefused,
     audio_codec,
     avc_config,
+    read_aac,
+    read_avc,
     video_codec,
 )
 
@@ -165,12 +165,13 @@ cdef class FlvToFrames:
 
     cpdef object video(self, long long dts_ms, bytes body, double arrival):
         """An AVC tag body (E.4.3.1 AVCVIDEOPACKET): a frame, or None for a header or an end."""
-        packet = AvcPacket.parse(body)
-        cdef int packet_type = packet.packet_type
+        cdef int packet_type
+        cdef bytes data
+        packet_type, data, _, composition_time = read_avc(body)
         if packet_type == _SEQUENCE_HEADER:
             self._parameter_sets = None
             self._video_refused = True
-            avc = avc_config(packet.data)
+            avc = avc_config(data)
             self._parameter_sets = [*avc.sps, *avc.pps]
             self._length_size = avc.length_size
             self._video_refused = False
@@ -181,7 +182,7 @@ cdef class FlvToFrames:
             if self._video_refused:
                 return None
             raise ParseError("H.264 frame before its sequence header")
-        cdef list nalus = split_avcc(packet.data, self._length_size)
+        cdef list nalus = split_avcc(data, self._length_size)
         cdef bint idr = False, sps = False, pps = False
         cdef int nal
         for nalu in nalus:
@@ -191,17 +192,17 @@ cdef class FlvToFrames:
             pps |= nal == _PPS
         if idr and not (sps and pps):
             nalus = self._parameter_sets + nalus
-        cdef double ts = self.timeline.stamp(dts_ms, arrival) + packet.composition_time / 1000.0
+        cdef double ts = self.timeline.stamp(dts_ms, arrival) + composition_time / 1000.0
         return VideoFrame(nalus, ts, idr) if nalus else None
 
     cpdef list audio(self, long long ms, bytes body, double arrival):
         """An AAC tag body (E.4.2.1 AACAUDIODATA): the 20 ms frames it completes."""
-        packet = AacPacket.parse(body)
-        if packet.packet_type == _SEQUENCE_HEADER:
+        packet_type, data = read_aac(body)
+        if packet_type == _SEQUENCE_HEADER:
             self._decoder = None
             self._audio_refused = True
             try:
-                self._decoder = AudioDecoder("AAC", extradata=packet.data, out_rate=self._rate)
+                self._decoder = AudioDecoder("AAC", extradata=data, out_rate=self._rate)
             except (ParseError, MediaError) as e:
                 raise ConfigRefused(f"AudioSpecificConfig refused: {e}") from e
             self._audio_refused = False
@@ -211,4 +212,4 @@ cdef class FlvToFrames:
                 return []
             raise ParseError("AAC frame before its AudioSpecificConfig")
         cdef double ts = self.timeline.stamp(ms, arrival)
-        return self._framer.push(self._decoder.decode(packet.data), ts)
+        return self._framer.push(self._decoder.decode(data), ts)

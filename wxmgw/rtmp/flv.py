@@ -76,9 +76,7 @@ class AacPacket:
     @classmethod
     def parse(cls, body: bytes) -> AacPacket:
         """The body of an audio tag whose SoundFormat is AAC (see :func:`audio_codec`)."""
-        if len(body) < 2:
-            raise ParseError(f"AAC tag of {len(body)} bytes")
-        return cls(body[1], body[2:])
+        return cls(*read_aac(body))
 
     def __bytes__(self) -> bytes:
         return bytes((_AAC, self.packet_type)) + self.data
@@ -100,15 +98,28 @@ class AvcPacket:
     @classmethod
     def parse(cls, body: bytes) -> AvcPacket:
         """The body of a video tag whose CodecID is AVC (see :func:`video_codec`)."""
-        if len(body) < 5:
-            raise ParseError(f"AVC tag of {len(body)} bytes")
-        return cls(body[1], body[5:], body[0] >> 4 == _KEY_FRAME,
-                   int.from_bytes(body[2:5], "big", signed=True))
+        return cls(*read_avc(body))
 
     def __bytes__(self) -> bytes:
         head = _AVC_KEY if self.keyframe else _AVC_INTER
         return (bytes((head, self.packet_type))
                 + self.composition_time.to_bytes(3, "big", signed=True) + self.data)
+
+
+def read_aac(body: bytes) -> tuple[int, bytes]:
+    """:class:`AacPacket`'s fields from an AAC audio tag body, without the object
+    (the pull reads ~45 a second per leg)."""
+    if len(body) < 2:
+        raise ParseError(f"AAC tag of {len(body)} bytes")
+    return body[1], body[2:]
+
+
+def read_avc(body: bytes) -> tuple[int, bytes, bool, int]:
+    """:class:`AvcPacket`'s fields from an AVC video tag body, without the object."""
+    if len(body) < 5:
+        raise ParseError(f"AVC tag of {len(body)} bytes")
+    return (body[1], body[5:], body[0] >> 4 == _KEY_FRAME,
+            int.from_bytes(body[2:5], "big", signed=True))
 
 
 def audio_codec(first: int) -> str:
