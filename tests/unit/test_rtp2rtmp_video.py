@@ -40,7 +40,7 @@ def test_oversized_frames_are_counted_and_warned_once_per_burst(ports: PortAlloc
         nonlocal ts
         ts += 3000
         for i, payload in enumerate(payloads):
-            sender.send(payload, ts, marker and i == len(payloads) - 1, time.monotonic())
+            sender.send_run((payload,), ts, marker and i == len(payloads) - 1, time.monotonic())
             if i % 16 == 15:
                 gevent.sleep(0.001)  # the loopback socket's buffer, not a timing
 

@@ -31,7 +31,7 @@ def test_symmetric_send_receive_reports_and_keyframe_requests(ports):
     receiver.start()
     try:
         for i in range(20):
-            sender.send(bytes([i]) * 10, i * 3000, True, media_time=100.0 + i / 30)
+            sender.send_run((bytes([i]) * 10,), i * 3000, True, media_time=100.0 + i / 30)
             gevent.sleep(0.002)
         gevent.sleep(0.3)
         packets = [p for p in got if not isinstance(p, Gap)]
@@ -88,7 +88,7 @@ def test_a_lost_packet_is_nacked_and_resent_from_the_history(ports):
     try:
         for i in range(10):
             sender.remote = ("127.0.0.1", 9) if i in (3, 4) else ("127.0.0.1", b_pair.port)
-            sender.send(bytes([i]) * 10, i * 3000, True, media_time=100.0 + i / 30)
+            sender.send_run((bytes([i]) * 10,), i * 3000, True, media_time=100.0 + i / 30)
             gevent.sleep(0.002)
         gevent.sleep(0.2)
         assert [p.payload[0] for p in got if not isinstance(p, Gap)] == list(range(10))
@@ -118,7 +118,7 @@ def test_the_resend_history_keeps_its_seconds_only(ports):
             seqs = []
             for i in range(300):  # 3 s at 100 packets a second
                 now[0] = i / 100
-                sender.send(bytes(1000), i * 900, True, media_time=i / 100)
+                sender.send_run((bytes(1000),), i * 900, True, media_time=i / 100)
                 seqs.append(int.from_bytes(mas.recv(2048)[2:4], "big"))
             assert len(sender._history) <= 101  # ~100 KB, not 2048 packets' worth
             nack = rtcp.compound([rtcp.ReceiverReport(99, []), rtcp.Nack(99, 1234,

@@ -152,7 +152,7 @@ class AudioSender:
         self._marker |= placement is Placement.GAP
         for payload in self._encoder.encode(frame.pcm):
             timestamp = round((clock.next - self._origin) * clock.rate)
-            self.session.send(payload, timestamp, self._marker, frame.ts)
+            self.session.send_run((payload,), timestamp, self._marker, frame.ts)
             clock.advance(self._step)
             self._marker = False
         self.frames += 1

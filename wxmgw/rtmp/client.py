@@ -209,12 +209,14 @@ class RtmpClient:
             return messages
         while True:
             sock = self._socket()
-            if self._stall_after is not None:
+            if self._stall_after is not None and time.monotonic() >= self._stall_rearm:
                 self._watch_stall(self._stall_after)
             data = sock.recv(_RECV_SIZE)
             if not data:
                 raise RtmpError("connection closed by the server")
-            self._received(len(data))
+            self.bytes_received += len(data)
+            if self._window and self.bytes_received - self._acked >= self._window:
+                self._acknowledge()
             messages = self._reader.feed(data)
             if messages:
                 return messages
@@ -263,20 +265,18 @@ class RtmpClient:
                 return message
 
     def _watch_stall(self, limit: float) -> None:
-        now = time.monotonic()
-        if now >= self._stall_rearm:
-            # A new timer each time: libev resumes a stopped one where it was.
-            if self._stall is not None:
-                self._stall.close()
-            stalled = TimeoutError(f"nothing read in {limit} s")
-            self._stall = gevent.Timeout.start_new(limit, stalled)
-            self._stall_rearm = now + limit / 2
+        """Renew the stall timer (due at ``_stall_rearm``)."""
+        # A new timer each time: libev resumes a stopped one where it was.
+        if self._stall is not None:
+            self._stall.close()
+        stalled = TimeoutError(f"nothing read in {limit} s")
+        self._stall = gevent.Timeout.start_new(limit, stalled)
+        self._stall_rearm = time.monotonic() + limit / 2
 
-    def _received(self, n: int) -> None:
-        self.bytes_received += n
-        if self._window and self.bytes_received - self._acked >= self._window:
-            self._acked = self.bytes_received
-            self._send(ACKNOWLEDGEMENT, (self._acked & 0xFFFFFFFF).to_bytes(4, "big"))
+    def _acknowledge(self) -> None:
+        """A window's worth received since the last Acknowledgement (§5.4.3): send one."""
+        self._acked = self.bytes_received
+        self._send(ACKNOWLEDGEMENT, (self._acked & 0xFFFFFFFF).to_bytes(4, "big"))
 
     def _control(self, message: Message) -> bool:
         """Handle a protocol control or user control message; False for the others."""

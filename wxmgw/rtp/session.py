@@ -334,19 +334,16 @@ class RtpSession:
 
     # -- sending -------------------------------------------------------------------
 
-    def send(self, payload: bytes, timestamp: int, marker: bool, media_time: float) -> None:
-        """Send one packet; ``timestamp`` counts clock units from the stream's start.
-
-        ``media_time`` is the capture time of the packet on our monotonic clock;
-        the sender reports map RTP time to wall-clock through it.
-        """
-        self.send_run((payload,), timestamp, marker, media_time)
-
     def send_run(
         self, payloads: Sequence[bytes], timestamp: int, marker: bool, media_time: float
     ) -> None:
         """Send packets with consecutive numbers and one timestamp (an access
-        unit's), ``marker`` on the last one; see :meth:`send`."""
+        unit's, or one audio packet's), ``marker`` on the last one.
+
+        ``timestamp`` counts clock units from the stream's start.
+        ``media_time`` is the capture time of the packets on our monotonic
+        clock; the sender reports map RTP time to wall-clock through it.
+        """
         config, sender = self.send_config, self._sender
         if config is None or sender is None or self.closed or not payloads:
             return
