@@ -74,14 +74,7 @@ cdef class RateConverter:
     first call, and the output never depends on how the input was cut.
     """
 
-    cdef readonly int rate_in, rate_out
-    cdef int _up, _down, _taps
-    cdef const float[:, ::1] _bank
-    # The last ``taps - 1`` input samples, then the call's input: one window.
-    cdef float[::1] _buf
-    # The next output's instant, at ``up`` times the input rate, from the first
-    # sample of the call's input.
-    cdef long long _next
+    # Its fields are declared in ``_dsp.pxd`` (``_ffmpeg.pyx`` calls :meth:`floats`).
 
     def __init__(self, int rate_in, int rate_out):
         if rate_in <= 0 or rate_out <= 0:
@@ -101,11 +94,27 @@ cdef class RateConverter:
             return np.concatenate([self(samples[i : i + _PIECE], scale)
                                    for i in range(0, len(samples), _PIECE)])
         if samples.dtype == np.int16:
-            return self._convert[short](samples, scale)
-        return self._convert[float](samples, scale)
+            return _convert[short](self, samples, scale)
+        return _convert[float](self, samples, scale)
 
-    cdef _convert(self, const sample_t[:] samples, float scale):
-        cdef Py_ssize_t count = samples.shape[0], i, j, n, start
+    cdef object floats(self, const float *samples, Py_ssize_t count, float scale):
+        """What calling it does for ``count`` float samples at ``samples``, read
+        in place: no array, no buffer to acquire (a decoder's plane, say)."""
+        cdef Py_ssize_t done, take, i
+        cdef float *window = &self._buf[self._taps - 1]
+        if count <= _PIECE:
+            for i in range(count):
+                window[i] = samples[i] * scale
+            return self._filter(count)
+        pieces = []
+        for done in range(0, count, _PIECE):
+            take = min(_PIECE, count - done)
+            pieces.append(self.floats(samples + done, take, scale))
+        return np.concatenate(pieces)
+
+    cdef object _filter(self, Py_ssize_t count):
+        """The outputs the window's ``count`` new samples complete, as int16."""
+        cdef Py_ssize_t i, j, n, start
         cdef int up = self._up, taps = self._taps, keep = self._taps - 1
         cdef long long at = self._next, end
         cdef float[::1] buf = self._buf
@@ -113,8 +122,6 @@ cdef class RateConverter:
         cdef const float *row
         cdef const float *window
         cdef float a0, a1, a2, a3, a4, a5, a6, a7, value
-        for i in range(count):
-            buf[keep + i] = samples[i] * scale
         end = count * <long long>up
         n = 0 if at >= end else (end - at + self._down - 1) // self._down
         out = np.empty(n, np.int16)
@@ -144,6 +151,15 @@ cdef class RateConverter:
         return out
 
 
+cdef object _convert(RateConverter converter, const sample_t[:] samples, float scale):
+    """An array's samples through ``converter`` (int16 or float32, any stride)."""
+    cdef Py_ssize_t count = samples.shape[0], i
+    cdef float *window = &converter._buf[converter._taps - 1]
+    for i in range(count):
+        window[i] = samples[i] * scale
+    return converter._filter(count)
+
+
 cpdef RateConverter rate_converter(int rate, int out):
     """Streaming ``rate`` -> ``out`` Hz conversion; None when the rates are the same."""
     return RateConverter(rate, out) if rate != out else None
@@ -158,10 +174,6 @@ cdef class ToRate:
     history starts silent again).
     """
 
-    cdef readonly int rate_out
-    cdef int _source
-    cdef RateConverter _convert
-
     def __init__(self, int rate_out):
         self.rate_out = rate_out
         self._source = 0
@@ -169,15 +181,34 @@ cdef class ToRate:
 
     def __call__(self, samples, int rate):
         """``samples`` at ``rate`` Hz as int16 at :attr:`rate_out`."""
+        cdef const float[::1] view
+        if samples.dtype.kind == "f":
+            view = np.ascontiguousarray(samples, np.float32)
+            return self.floats(&view[0] if len(view) else NULL, len(view), rate)
+        self._renew(rate)
+        if self._convert is not None:
+            return self._convert(samples, 1.0)
+        return samples.astype(np.int16, copy=False)
+
+    cdef object floats(self, const float *samples, Py_ssize_t count, int rate):
+        """``count`` float samples in [-1, 1] at ``samples``, read in place, at
+        ``rate`` Hz as int16 at :attr:`rate_out` (a decoder's plane)."""
+        self._renew(rate)
+        if self._convert is not None:
+            return self._convert.floats(samples, count, 32768.0)
+        out = np.empty(count, np.int16)
+        if not count:
+            return out
+        cdef short[::1] result = out
+        cdef Py_ssize_t i
+        for i in range(count):
+            result[i] = <short>lrintf(min(max(samples[i] * 32768.0, -32768.0), 32767.0))
+        return out
+
+    cdef void _renew(self, int rate):
         if rate != self._source:
             self._source = rate
             self._convert = rate_converter(rate, self.rate_out)
-        cdef bint floats = samples.dtype.kind == "f"
-        if self._convert is not None:
-            return self._convert(samples, 32768.0 if floats else 1.0)
-        if floats:
-            return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
-        return samples.astype(np.int16, copy=False)
 
 
 def g711_encode(const unsigned char[::1] table not None, const short[:] pcm not None):

@@ -34,6 +34,8 @@ import numpy as np
 
 from wxmgw.media.frames import NO_SAMPLES
 
+from wxmgw.media._dsp cimport ToRate
+
 cdef extern from "<dlfcn.h>" nogil:
     void *dlopen(const char *filename, int flags)
     void *dlsym(void *handle, const char *symbol)
@@ -307,7 +309,7 @@ cdef class Decoder:
         if self._ctx != NULL:
             api.free_context(&self._ctx)
 
-    def decode(self, bytes payload, tuple samples_allowed, to_rate):
+    def decode(self, bytes payload, tuple samples_allowed, ToRate to_rate not None):
         """The samples ``payload`` decodes to, through ``to_rate`` (a
         :class:`~wxmgw.media._dsp.ToRate`: int16 at its rate), none for a
         payload that completes no frame.
@@ -338,15 +340,14 @@ cdef class Decoder:
             if code < 0:
                 raise Undecodable(_error(code))
             try:
-                samples, rate = self._take(samples_allowed)
+                out.append(self._take(samples_allowed, to_rate))
             finally:
                 api.frame_unref(self._frame)
-            out.append(to_rate(samples, rate))
         if len(out) == 1:
             return out[0]
         return np.concatenate(out) if out else NO_SAMPLES
 
-    cdef tuple _take(self, tuple samples_allowed):
+    cdef object _take(self, tuple samples_allowed, ToRate to_rate):
         cdef AVFrame *frame = self._frame
         cdef uint8_t *ctx = <uint8_t *>self._ctx
         cdef int rate = (<int *>(ctx + self._rate_at))[0]
@@ -368,14 +369,13 @@ cdef class Decoder:
             name = api.sample_fmt_name(fmt)
             raise Dropped(f"{self.name} frame dropped: {layout}, "
                           f"{name.decode() if name != NULL else fmt}, {rate} Hz, {n} samples")
-        return _mono(frame, n, channels, planar, width), rate
+        return _mono(frame, n, channels, planar, width, to_rate, rate)
 
 
-cdef object _mono(AVFrame *frame, int n, int channels, bint planar, int width):
-    """One channel of a checked frame: plane 0 copied, or the two channels averaged.
-
-    The samples stay as they were decoded: float32 in [-1, 1] or int16.
-    """
+cdef object _mono(AVFrame *frame, int n, int channels, bint planar, int width, ToRate to_rate,
+                  int rate):
+    """One channel of a checked frame through ``to_rate``: plane 0 read in place
+    (float) or copied (int16), or the two channels averaged."""
     cdef float[::1] f
     cdef short[::1] s
     cdef float *fa
@@ -385,23 +385,22 @@ cdef object _mono(AVFrame *frame, int n, int channels, bint planar, int width):
     cdef int step = 1 if planar else 2
     cdef int i
     if width == 4:
-        out = np.empty(n, np.float32)
-        f = out
         fa = <float *>frame.data[0]
         if channels == 1:
-            memcpy(&f[0], fa, <size_t>n * 4)
-            return out
+            return to_rate.floats(fa, n, rate)
+        out = np.empty(n, np.float32)
+        f = out
         fb = <float *>frame.data[1] if planar else fa + 1
         for i in range(n):
             f[i] = 0.5 * (fa[i * step] + fb[i * step])
-        return out
+        return to_rate.floats(&f[0], n, rate)
     out = np.empty(n, np.int16)
     s = out
     sa = <short *>frame.data[0]
     if channels == 1:
         memcpy(&s[0], sa, <size_t>n * 2)
-        return out
+        return to_rate(out, rate)
     sb = <short *>frame.data[1] if planar else sa + 1
     for i in range(n):
         s[i] = <short>((<int>sa[i * step] + <int>sb[i * step]) >> 1)
-    return out
+    return to_rate(out, rate)
