@@ -78,26 +78,33 @@ class H264Packetizer:
             self._sps = sps
         if pps is not None:
             self._pps = pps
-        units = [n for n in nalus if n and n[0] & 0x1F not in (NAL_AUD, NAL_FILLER)]
-        types = [n[0] & 0x1F for n in units]
-        for n, t in zip(units, types, strict=True):
+        # One pass (every access unit of every pull leg comes here): the units
+        # to send, the parameter sets among them, whether one is an IDR.
+        units: list[bytes] = []
+        has_sps = has_pps = False
+        for n in nalus:
+            if not n:
+                continue
+            t = n[0] & 0x1F
             if t == NAL_SPS:
-                self._sps = n
+                self._sps, has_sps = n, True
             elif t == NAL_PPS:
-                self._pps = n
-        if (
-            (keyframe or NAL_IDR in types)
-            and (NAL_SPS not in types or NAL_PPS not in types)
-            and self._sps is not None
-            and self._pps is not None
-        ):
+                self._pps, has_pps = n, True
+            elif t == NAL_IDR:
+                keyframe = True
+            elif t in (NAL_AUD, NAL_FILLER):
+                continue
+            units.append(n)
+        sps, pps = self._sps, self._pps
+        if keyframe and not (has_sps and has_pps) and sps is not None and pps is not None:
             # Both in front, in canonical order; the unit's own one of the two is dropped.
-            units = [self._sps, self._pps] + [
-                n for n, t in zip(units, types, strict=True) if t not in (NAL_SPS, NAL_PPS)
+            units = [sps, pps] + [
+                n for n in units if n[0] & 0x1F not in (NAL_SPS, NAL_PPS)
             ]
+        max_payload = self.max_payload
         payloads: list[bytes] = []
         for n in units:
-            if len(n) <= self.max_payload:
+            if len(n) <= max_payload:
                 payloads.append(n)
             else:
                 self._fragment(n, payloads)
