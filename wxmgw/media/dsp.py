@@ -20,31 +20,24 @@ the GIL, and a 20 ms packet takes a few microseconds.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import av
 import numpy as np
 import numpy.typing as npt
 from av.audio.codeccontext import AudioCodecContext
 
-from wxmgw.media._dsp import g711_decode, g711_encode
+from wxmgw.media._dsp import G711Tables
 from wxmgw.media.frames import Pcm
 
 
-class G711:
-    """A-law (``pcm_alaw``) or µ-law (``pcm_mulaw``) as two look-up tables.
+class G711(G711Tables):
+    """A-law (``pcm_alaw``) or µ-law (``pcm_mulaw``) as two look-up tables:
+    ``encode`` (int16 PCM to bytes) and ``decode`` (bytes to int16 PCM), in C."""
 
-    :attr:`encode` (int16 PCM to bytes) and :attr:`decode` (bytes to int16
-    PCM) are the compiled look-ups bound to this law's tables: a call per
-    20 ms packet goes straight to C, with no Python frame on the way.
-    """
-
-    __slots__ = ("decode", "encode")
+    __slots__ = ()
 
     def __init__(self, ffmpeg_name: str) -> None:
-        encode, decode = _g711_tables(ffmpeg_name)
-        self.encode: Callable[[Pcm], bytes] = functools.partial(g711_encode, encode)
-        self.decode: Callable[[bytes], Pcm] = functools.partial(g711_decode, decode)
+        super().__init__(*_g711_tables(ffmpeg_name))
 
 
 @functools.cache
