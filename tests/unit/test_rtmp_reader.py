@@ -167,3 +167,45 @@ def test_a_gop_burst_is_caught_up_to_live() -> None:
     # kept: the backlog target, plus the timeline's tolerance and an AAC frame at most
     assert 0.05 <= 2.0 - flv.audio_dropped <= 0.1 + 0.1 + 0.022
     assert flv.timeline.behind == pytest.approx(2.0, abs=0.1)  # to within the tolerance
+
+
+def test_a_read_is_delivered_in_order_and_the_rest_handed_back() -> None:
+    """One read's messages through ``deliver``: media counted, timed and turned
+    into frames; empty bodies skipped; control, commands and data returned in
+    order for the session to handle; another codec reported once."""
+    pull = Pull()
+    asc, frames = aac_payloads()
+    control = Message(5, 0, 0, b"\x00\x26\x25\xa0")  # Window Acknowledgement Size
+    data = Message(18, 1, 0, b"\x02\x00\x0aonMetaData")
+    mp3 = b"\x2f" + bytes(100)
+    read = [
+        control, Message(AUDIO, 1, 0, aac_sequence_header(asc)), Message(VIDEO, 1, 0, b""),
+        Message(VIDEO, 1, 0, avc_header(AVCC)), data,
+        *(Message(AUDIO, 1, 21 * i, aac_frame(f)) for i, f in enumerate(frames)),
+        Message(VIDEO, 1, 40, avc_idr()), Message(AUDIO, 1, 60, mp3),
+        Message(AUDIO, 1, 80, mp3),
+    ]
+    assert pull.flv.deliver(pull.reader, read, 10.0) == [control, data]
+    stats = pull.reader.stats
+    media = [m for m in read if m.type_id in (AUDIO, VIDEO) and m.payload]
+    assert (stats.packets, stats.bytes) == (len(media), sum(len(m.payload) for m in media))
+    assert len(pull.video) == 1 and pull.audio
+    assert stats.frames == len(pull.video) + len(pull.audio)
+    assert pull.reader.latency["video"].total + pull.reader.latency["audio"].total == len(media)
+    assert [kind for kind, _ in pull.events] == ["unsupported_codec"]
+    assert pull.events[0][1] == {"kind": "audio", "codec": "mp3"}
+
+
+def test_caught_up_is_reported_once_audio_flows_again_after_a_burst() -> None:
+    pull = Pull()
+    asc, frames = aac_payloads()
+    burst = [Message(AUDIO, 1, 0, aac_sequence_header(asc))]
+    burst += [Message(AUDIO, 1, i * 1024 // 48, aac_frame(frames[i % len(frames)]))
+              for i in range(100)]  # 2.1 s of audio, all arrived at once
+    pull.flv.deliver(pull.reader, burst, 10.0)
+    live = [Message(AUDIO, 1, 2150, aac_frame(frames[0]))]
+    pull.flv.deliver(pull.reader, live, 10.05)
+    pull.flv.deliver(pull.reader, [Message(AUDIO, 1, 2171, aac_frame(frames[1]))], 10.07)
+    caught = [info for kind, info in pull.events if kind == "caught_up"]
+    assert len(caught) == 1
+    assert caught[0]["audio_dropped_ms"] >= 1500
