@@ -66,8 +66,9 @@ class ConfigRefused(ParseError):
 class AacPacket:
     """An AAC audio tag body: ``data`` is the AudioSpecificConfig or one raw frame.
 
-    Not frozen, as :class:`~wxmgw.rtmp.chunk.Message`: one is made for every
-    audio message, and nothing changes one once made.
+    Not frozen, as :class:`~wxmgw.rtmp.chunk.Message`: the push makes one for
+    every AAC frame it writes (:func:`aac_frame`), and nothing changes one
+    once made. The pull reads tags with :func:`read_aac`, no object.
     """
 
     packet_type: int
@@ -87,7 +88,8 @@ class AvcPacket:
     """An AVC video tag body: ``data`` is the avcC, or length-prefixed NAL units.
 
     ``composition_time`` is pts - dts in milliseconds (signed 24 bits). Not
-    frozen, as :class:`AacPacket`.
+    frozen, as :class:`AacPacket`: one per access unit the push writes
+    (:func:`avc_frame`); the pull reads tags with :func:`read_avc`.
     """
 
     packet_type: int
